@@ -1,0 +1,12 @@
+# The two commands of README.md. Both create .venv/ if it is missing and install into it.
+.PHONY: demo test setup lint
+
+SHELL := /bin/bash
+
+demo:
+	bash scripts/setup.sh
+	.venv/bin/radgr demo
+
+test:
+	bash scripts/setup.sh
+	bash scripts/test.sh

@@ -1,0 +1,69 @@
+"""``radgr`` — the console entry point; ``radgr --help`` lists every command.
+
+Each command group lives in its own module (``cli/index_cmd.py``, ``cli/data_cmd.py``, ...); this file only
+assembles them. ``main(argv)`` returns the exit code, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from cli import align_cmd, data_cmd, demo_cmd, export_cmd, index_cmd, serve_cmd, train_cmd
+
+app = typer.Typer(name="radgr", help="Generative retrieval with Semantic IDs and RAD-DPO.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(index_cmd.app, name="index", help="Build and inspect Semantic-ID indexes.")
+app.add_typer(data_cmd.app, name="data", help="Simulate, import and turn search logs into training samples.")
+
+train_app = typer.Typer(no_args_is_help=True, help="SFT and preference alignment.")
+train_app.command("sft", help="Supervised next-SID training.")(train_cmd.sft_command)
+train_app.command("align", help="Preference alignment: dpo, simpo, orpo, rad-dpo.")(align_cmd.align_command)
+app.add_typer(train_app, name="train")
+
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments.")
+experiment_app.command("paper-table", help="SFT, baselines, RAD-DPO and ablations over seeds.")(
+    align_cmd.paper_table_command
+)
+app.add_typer(experiment_app, name="experiment")
+
+bundle_app = typer.Typer(no_args_is_help=True, help="Servable bundles.")
+bundle_app.command("verify", help="Check a bundle's files, checksums, tokenizer and index.")(
+    export_cmd.verify_command
+)
+app.add_typer(bundle_app, name="bundle")
+
+app.command("eval", help="Offline evaluation of a checkpoint.")(train_cmd.eval_command)
+app.command("export", help="Export a checkpoint and its SID index as a servable bundle.")(export_cmd.export_command)
+app.command("serve", help="Serve a bundle over HTTP (POST /retrieve).")(serve_cmd.serve_command)
+app.command("demo", help="The whole path from nothing: simulate, index, train, evaluate, export, serve.")(
+    demo_cmd.demo_command
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of exiting (tests call ``main([...])``)."""
+    try:
+        rv = app(args=list(argv) if argv is not None else sys.argv[1:], standalone_mode=False)
+    except SystemExit as exc:  # typer raises for --help and errors
+        return int(exc.code or 0)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return int(rv) if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

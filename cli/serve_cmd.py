@@ -1,0 +1,10 @@
+"""radgr serve (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def serve_command() -> int:
+    """Not implemented yet."""
+    raise typer.Exit(2)

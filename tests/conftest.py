@@ -1,0 +1,57 @@
+"""Shared test fixtures: tiny Qwen3 models and WordLevel tokenizers built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def make_tiny_tokenizer(codebook_sizes: Sequence[int], words: Sequence[str] = ()):  # type: ignore[no-untyped-def]
+    """A fast WordLevel tokenizer: specials, a few words, then every SID token contiguous per level."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from sid_index.tokens import all_sid_tokens
+
+    base = ["<pad>", "<unk>", "<eos>", "query:", "profile:", "history:", "item:", *words]
+    vocab = {tok: i for i, tok in enumerate(base)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    tok.add_tokens(all_sid_tokens(codebook_sizes), special_tokens=False)
+    return tok
+
+
+def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64):  # type: ignore[no-untyped-def]
+    """A random tiny Qwen3 causal LM in float32, eval mode."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
+        tie_word_embeddings=False, attn_implementation="sdpa",
+    )
+    model = Qwen3ForCausalLM(cfg).eval()
+    return model
+
+
+@pytest.fixture
+def tiny_lm_factory():  # type: ignore[no-untyped-def]
+    """Returns ``make(codebook_sizes, seed) -> (model, tokenizer)``."""
+
+    def make(codebook_sizes: Sequence[int] = (4, 4, 4), seed: int = 0):  # type: ignore[no-untyped-def]
+        tok = make_tiny_tokenizer(codebook_sizes, words=["a", "b", "c", "drill", "tape"])
+        model = make_tiny_model(len(tok), seed=seed)
+        return model, tok
+
+    return make
