@@ -1,0 +1,292 @@
+"""The product catalog: item ids, text fields and popularity; read/write Parquet, JSONL or CSV.
+
+Contract:
+
+- Columns: ``item_id`` (string, unique, non-empty), ``title`` (non-empty after stripping whitespace), optional
+  ``brand`` and ``category`` (strings; missing/null → ``""``), optional ``popularity`` (finite float ≥ 0;
+  missing column → 0 for every item). Other columns are ignored.
+- :class:`Catalog` validates itself on construction; every error is a ``ValueError`` naming the field and the row
+  (and the item id when known).
+- :func:`read_catalog` / :func:`write_catalog` pick the format from the suffix (``.parquet``, ``.jsonl``, ``.csv``);
+  writes are atomic (temporary sibling, then rename). CSV cells are read as text, so ids like ``"007"`` survive.
+- :func:`item_texts` is the text that gets embedded: title, then brand and category when present.
+- :func:`catalog_from_amazon_items` converts the Amazon-2018 ``items.json`` (``{item_id: {title, description,
+  brand, categories}}``) into a catalog; popularity may come from interaction counts
+  (:func:`amazon_popularity_from_csv`).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REQUIRED_COLUMNS = ("item_id", "title")
+OPTIONAL_COLUMNS = ("brand", "category", "popularity")
+SUFFIXES = (".parquet", ".jsonl", ".csv")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Items in catalog order (row ``i``); all lists and the popularity array have one entry per item."""
+
+    item_ids: list[str]
+    titles: list[str]
+    brands: list[str]
+    categories: list[str]
+    popularity: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        if n == 0:
+            raise ValueError("catalog must hold at least one item, given 0 rows")
+        for name in ("titles", "brands", "categories"):
+            if len(getattr(self, name)) != n:
+                given = len(getattr(self, name))
+                raise ValueError(f"catalog {name} must have {n} entries (one per item_id), given {given}")
+        seen: dict[str, int] = {}
+        for row, iid in enumerate(self.item_ids):
+            if not isinstance(iid, str):
+                raise ValueError(f"item_id must be a string, given {type(iid).__name__} {iid!r} at row {row}")
+            if iid.strip() == "":
+                raise ValueError(f"item_id is empty at row {row}")
+            if iid in seen:
+                raise ValueError(f"item_id {iid!r} is duplicated at rows {seen[iid]} and {row}")
+            seen[iid] = row
+        for field, values in (("title", self.titles), ("brand", self.brands), ("category", self.categories)):
+            for row, v in enumerate(values):
+                if not isinstance(v, str):
+                    raise ValueError(f"{field} must be a string, given {type(v).__name__} at row {row} "
+                                     f"(item_id {self.item_ids[row]!r})")
+                if field == "title" and v.strip() == "":
+                    raise ValueError(f"title is empty at row {row} (item_id {self.item_ids[row]!r})")
+        pop = np.asarray(self.popularity, dtype=np.float64)
+        if pop.shape != (n,):
+            raise ValueError(f"popularity must have shape [{n}], given {list(pop.shape)}")
+        bad = np.flatnonzero(~np.isfinite(pop) | (pop < 0))
+        if bad.size:
+            r = int(bad[0])
+            raise ValueError(f"popularity must be finite and >= 0, given {pop[r]} at row {r} "
+                             f"(item_id {self.item_ids[r]!r})")
+        object.__setattr__(self, "popularity", pop)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+
+def item_texts(cat: Catalog) -> list[str]:
+    """The text embedded for each item: ``title``, then ``Brand: …`` and ``Category: …`` when present."""
+    out = []
+    for title, brand, category in zip(cat.titles, cat.brands, cat.categories, strict=True):
+        parts = [title.strip()]
+        if brand.strip():
+            parts.append(f"Brand: {brand.strip()}")
+        if category.strip():
+            parts.append(f"Category: {category.strip()}")
+        out.append(". ".join(parts))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"catalog path must end in one of {', '.join(SUFFIXES)}, given {str(path)!r}")
+    return suffix
+
+
+def _text(value: Any, field: str, row: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, given {type(value).__name__} {value!r} at row {row}")
+    return value
+
+
+def _number(value: Any, row: int) -> float:
+    if value is None or value == "":
+        raise ValueError(f"popularity is missing at row {row} (leave the column out to mean 0 for all)")
+    if isinstance(value, bool):
+        raise ValueError(f"popularity must be a number, given {value!r} at row {row}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"popularity must be a number, given {value!r} at row {row}") from None
+
+
+def _catalog_from_columns(columns: Mapping[str, Sequence[Any]], source: str) -> Catalog:
+    for name in REQUIRED_COLUMNS:
+        if name not in columns:
+            raise ValueError(f"catalog {source!r} has no column {name!r} (columns: {sorted(columns)})")
+    n = len(columns["item_id"])
+    item_ids = []
+    for row, v in enumerate(columns["item_id"]):
+        if v is None:
+            raise ValueError(f"item_id is empty at row {row}")
+        if not isinstance(v, str):
+            raise ValueError(f"item_id must be a string, given {type(v).__name__} {v!r} at row {row}")
+        item_ids.append(v)
+    titles = [_text(v, "title", r) for r, v in enumerate(columns["title"])]
+    brands = [_text(v, "brand", r) for r, v in enumerate(columns["brand"])] if "brand" in columns else [""] * n
+    cats = [_text(v, "category", r) for r, v in enumerate(columns["category"])] if "category" in columns else [""] * n
+    if "popularity" in columns:
+        pop = np.asarray([_number(v, r) for r, v in enumerate(columns["popularity"])], dtype=np.float64)
+    else:
+        pop = np.zeros(n, dtype=np.float64)
+    return Catalog(item_ids=item_ids, titles=titles, brands=brands, categories=cats, popularity=pop)
+
+
+def read_catalog(path: str | os.PathLike[str]) -> Catalog:
+    """Read a catalog from ``.parquet``, ``.jsonl`` or ``.csv`` (see the module docstring for the columns)."""
+    p = Path(path)
+    suffix = _suffix(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"catalog file {str(p)!r} does not exist")
+    columns: dict[str, list[Any]]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p)
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    elif suffix == ".jsonl":
+        records = []
+        with p.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"catalog {str(p)!r} line {line_no} is not valid JSON: {exc}") from exc
+                if not isinstance(rec, dict):
+                    raise ValueError(f"catalog {str(p)!r} line {line_no} must be a JSON object")
+                records.append(rec)
+        names = {k for rec in records for k in rec}
+        columns = {k: [rec.get(k) for rec in records] for k in names}
+        if not records:
+            columns = {"item_id": [], "title": []}
+    else:
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            names = list(reader.fieldnames or [])
+        columns = {k: [r.get(k) for r in rows] for k in names}
+    return _catalog_from_columns(columns, str(p))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def write_catalog(cat: Catalog, path: str | os.PathLike[str]) -> Path:
+    """Write ``cat`` to ``path`` (format by suffix) atomically: a temporary sibling file, then rename."""
+    p = Path(path)
+    suffix = _suffix(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex}"
+    cols = {
+        "item_id": cat.item_ids, "title": cat.titles, "brand": cat.brands, "category": cat.categories,
+        "popularity": [float(x) for x in cat.popularity],
+    }
+    try:
+        if suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table({
+                "item_id": pa.array(cols["item_id"], pa.string()), "title": pa.array(cols["title"], pa.string()),
+                "brand": pa.array(cols["brand"], pa.string()), "category": pa.array(cols["category"], pa.string()),
+                "popularity": pa.array(cols["popularity"], pa.float64()),
+            })
+            pq.write_table(table, tmp)
+        elif suffix == ".jsonl":
+            with tmp.open("w", encoding="utf-8") as f:
+                for i in range(cat.num_items):
+                    f.write(json.dumps({k: v[i] for k, v in cols.items()}, ensure_ascii=False) + "\n")
+        else:
+            with tmp.open("w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(list(cols))
+                writer.writerows(zip(*cols.values(), strict=True))
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- Amazon 2018
+def _amazon_category(value: Any) -> str:
+    """``categories`` is a string in this release (often empty); older dumps use nested lists of strings."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        flat: list[str] = []
+        stack: list[Any] = list(value)
+        while stack:
+            v = stack.pop(0)
+            if isinstance(v, list):
+                stack = list(v) + stack
+            elif isinstance(v, str) and v.strip():
+                flat.append(v.strip())
+        return " > ".join(flat)
+    return ""
+
+
+def catalog_from_amazon_items(
+    items_json: str | os.PathLike[str], popularity: Mapping[str, float] | None = None
+) -> Catalog:
+    """Catalog from an Amazon-2018 ``items.json`` (``{item_id: {title, brand, categories, ...}}``), in the file's
+    key order. ``popularity`` (item id → count) defaults to 0 for every item; ids it names that are not in the
+    file raise ``ValueError``."""
+    p = Path(items_json)
+    with p.open(encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"items.json {str(p)!r} must be a JSON object {{item_id: {{title, ...}}}}")
+    item_ids, titles, brands, cats = [], [], [], []
+    for row, (iid, rec) in enumerate(data.items()):
+        if not isinstance(rec, dict):
+            raise ValueError(f"items.json entry at row {row} (item_id {iid!r}) must be an object")
+        item_ids.append(str(iid))
+        titles.append(_text(rec.get("title"), "title", row).strip())
+        brands.append(_text(rec.get("brand"), "brand", row).strip())
+        cats.append(_amazon_category(rec.get("categories")))
+    pop = np.zeros(len(item_ids), dtype=np.float64)
+    if popularity:
+        pos = {iid: i for i, iid in enumerate(item_ids)}
+        for iid, v in popularity.items():
+            if iid not in pos:
+                raise ValueError(f"popularity names item_id {iid!r}, which is not in {str(p)!r}")
+            pop[pos[iid]] = float(v)
+    return Catalog(item_ids=item_ids, titles=titles, brands=brands, categories=cats, popularity=pop)
+
+
+def amazon_popularity_from_csv(paths: Iterable[str | os.PathLike[str]]) -> dict[str, float]:
+    """Count how often each item appears (in ``history_item_id`` lists and as ``item_id``) in MiniOneRec-style
+    interaction CSVs. Use only training-side files (e.g. ``valid.csv``) to avoid leaking the test split."""
+    counts: Counter[str] = Counter()
+    for path in paths:
+        with Path(path).open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row_no, rec in enumerate(reader):
+                for field in ("history_item_id", "item_id"):
+                    if field not in rec:
+                        raise ValueError(f"interaction file {str(path)!r} has no column {field!r}")
+                try:
+                    history = ast.literal_eval(rec["history_item_id"])
+                except (ValueError, SyntaxError) as exc:
+                    raise ValueError(f"history_item_id is not a list at row {row_no} of {str(path)!r}") from exc
+                if not isinstance(history, list):
+                    raise ValueError(f"history_item_id is not a list at row {row_no} of {str(path)!r}")
+                counts.update(str(x) for x in history)
+                counts[str(rec["item_id"]).strip()] += 1
+    return {k: float(v) for k, v in counts.items()}

@@ -1,0 +1,150 @@
+"""SidIndex: grouping of colliding items, lookups, save/load round trip and the load-time checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sid_index.index import IndexFormatError, SidIndex
+from sid_index.tokens import sid_string
+
+
+def _small_index() -> SidIndex:
+    # items a and c collide on (1, 2, 3); c is more popular; e ties a on popularity, so row order breaks the tie
+    codes = np.array([[1, 2, 3], [0, 0, 1], [1, 2, 3], [0, 0, 0], [1, 2, 3]])
+    pop = np.array([1.0, 5.0, 3.0, 0.0, 1.0])
+    return SidIndex.from_codes(["a", "b", "c", "d", "e"], codes, pop, ["x", "", "y", "x", "z"], (4, 4, 4))
+
+
+def test_collisions_share_one_sid_in_popularity_order() -> None:
+    ix = _small_index()
+    assert ix.num_sids == 3 and ix.num_items == 5
+    np.testing.assert_array_equal(ix.sid_codes, [[0, 0, 0], [0, 0, 1], [1, 2, 3]])
+    assert ix.items_of_sid("<s0_1><s1_2><s2_3>") == ["c", "a", "e"]
+    assert ix.items_of_sid_row(0) == ["d"]
+    assert ix.sid_of_item("a") == ix.sid_of_item("c") == ix.sid_of_item("e") == "<s0_1><s1_2><s2_3>"
+    assert ix.codes_of_item("b") == (0, 0, 1)
+
+
+def test_lookups_and_unknowns() -> None:
+    ix = _small_index()
+    assert ix.item_row("d") == 3 and ix.item_row("zz") is None
+    assert ix.sid_row_of_codes([0, 0, 1]) == 1
+    assert ix.sid_row_of_codes([3, 3, 3]) == -1 and ix.sid_row_of_codes([9, 0, 0]) == -1
+    np.testing.assert_array_equal(ix.sid_rows_of_codes(np.array([[1, 2, 3], [0, 1, 0], [-1, 0, 0]])), [2, -1, -1])
+    assert ix.sid_row("<s0_0><s1_0><s2_0>") == 0 and ix.sid_row("<s0_3><s1_3><s2_3>") is None
+    assert ix.items_of_sid("<s0_3><s1_3><s2_3>") == []
+    with pytest.raises(KeyError, match="'zz'"):
+        ix.sid_of_item("zz")
+    with pytest.raises(IndexError, match="SID row"):
+        ix.sid_str(3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 5), st.integers(1, 5), st.integers(1, 5),
+    st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)), min_size=1, max_size=60),
+    st.data(),
+)
+def test_every_item_reachable_and_groups_sorted(s0: int, s1: int, s2: int, raw, data) -> None:  # type: ignore[no-untyped-def]
+    codes = np.array([(a % s0, b % s1, c % s2) for a, b, c in raw], dtype=np.int64)
+    n = codes.shape[0]
+    pop = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.5]), min_size=n, max_size=n)))
+    ids = [f"item{i}" for i in range(n)]
+    ix = SidIndex.from_codes(ids, codes, pop, None, (s0, s1, s2))
+    # slow reference: group by codes with a dict
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, c in enumerate(codes.tolist()):
+        groups.setdefault(tuple(c), []).append(i)
+    assert ix.num_sids == len(groups)
+    for key, rows in groups.items():
+        want = [ids[i] for i in sorted(rows, key=lambda i: (-pop[i], i))]
+        assert ix.items_of_sid(sid_string(key)) == want
+    for i in range(n):
+        assert ix.codes_of_item(ids[i]) == tuple(codes[i])
+    np.testing.assert_array_equal(ix.tables.paths(), ix.sid_codes)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    ix = _small_index()
+    ix.config["seed"] = 7
+    out = ix.save(tmp_path / "ix")
+    ix.save(out)  # replacing an existing index works and leaves no temporary directories behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+    back = SidIndex.load(out)
+    for name in ("sid_codes", "sid_item_indptr", "sid_item_rows", "item_sid_row", "item_popularity"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(ix, name))
+    for name in ("level0", "l1_indptr", "l1_codes", "l2_indptr", "l2_codes"):
+        np.testing.assert_array_equal(getattr(back.tables, name), getattr(ix.tables, name))
+    assert back.item_ids == ix.item_ids and back.item_category == ix.item_category
+    assert back.codebook_sizes == (4, 4, 4) and back.config == {"seed": 7}
+    assert [back.sid_of_item(i) for i in ix.item_ids] == [ix.sid_of_item(i) for i in ix.item_ids]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["codebook_sizes"] == [4, 4, 4]
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+
+
+def test_load_names_missing_file(tmp_path: Path) -> None:
+    out = _small_index().save(tmp_path / "ix")
+    (out / "sid_item_rows.npy").unlink()
+    with pytest.raises(IndexFormatError, match=re.escape("'sid_item_rows.npy' is missing")):
+        SidIndex.load(out)
+    with pytest.raises(IndexFormatError, match="does not exist"):
+        SidIndex.load(tmp_path / "nope")
+
+
+def test_load_names_checksum_mismatch(tmp_path: Path) -> None:
+    out = _small_index().save(tmp_path / "ix")
+    np.save(out / "item_popularity.npy", np.zeros(5), allow_pickle=False)
+    with pytest.raises(IndexFormatError, match=re.escape("'item_popularity.npy' fails its sha256")):
+        SidIndex.load(out)
+
+
+def test_load_names_shape_mismatch(tmp_path: Path) -> None:
+    out = _small_index().save(tmp_path / "ix")
+    # a consistent-looking manifest for a wrongly shaped array: shape check must catch it
+    np.save(out / "item_sid_row.npy", np.zeros(4, dtype=np.int64), allow_pickle=False)
+    with pytest.raises(IndexFormatError, match=r"'item_sid_row.npy' must have shape \[5\]"):
+        SidIndex.load(out, verify_checksums=False)
+
+
+def test_load_rejects_inconsistent_cross_references(tmp_path: Path) -> None:
+    out = _small_index().save(tmp_path / "ix")
+    np.save(out / "item_sid_row.npy", np.array([2, 1, 2, 0, 1], dtype=np.int64), allow_pickle=False)
+    with pytest.raises(IndexFormatError, match=re.escape("'item_sid_row.npy' disagrees")):
+        SidIndex.load(out, verify_checksums=False)
+
+
+def test_load_rejects_wrong_format_version(tmp_path: Path) -> None:
+    out = _small_index().save(tmp_path / "ix")
+    m = json.loads((out / "manifest.json").read_text())
+    m["format_version"] = 99
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="format_version must be 1, given 99"):
+        SidIndex.load(out)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"item_ids": ["a", "a"]}, "item_id 'a' is duplicated at rows 0 and 1"),
+        ({"item_ids": ["a", ""]}, "item_id is empty at row 1"),
+        ({"codes": np.array([[0, 0, 0], [0, 4, 0]])}, r"codes\[:, 1\] must be in \[0, 4\), given 4 at item row 1"),
+        ({"codes": np.zeros((3, 3), dtype=np.int64)}, r"codes must have shape \[2, 3\]"),
+        ({"popularity": np.array([1.0, np.nan])}, "popularity must be finite and >= 0"),
+        ({"categories": ["x"]}, "categories must have 2 entries"),
+        ({"codebook_sizes": (4, 0, 4)}, r"codebook_sizes\[1\] must be >= 1"),
+    ],
+)
+def test_from_codes_rejects_bad_input(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+    args = {"item_ids": ["a", "b"], "codes": np.array([[0, 0, 0], [1, 1, 1]]), "popularity": np.ones(2),
+            "categories": None, "codebook_sizes": (4, 4, 4)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        SidIndex.from_codes(**args)
