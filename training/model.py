@@ -1,0 +1,178 @@
+"""The language models radgr trains: Qwen3-architecture presets, loading, and the model-directory format.
+
+Contract:
+- ``PRESETS``: ``tiny`` (≈ 3M parameters; trains on 2 CPU cores in minutes; the demo/test default) and
+  ``0.6b`` / ``1.7b`` with the public Qwen3-0.6B / Qwen3-1.7B shapes (for GPU work; the vocabulary is radgr's).
+- ``build_model(preset, vocab_size, seed)`` -> a freshly initialised ``Qwen3ForCausalLM`` (fp32, seeded).
+- ``load_model(dir)`` -> the causal LM saved in a model directory (any local HF causal-LM directory works).
+- ``save_model_dir(model, tokenizer, out_dir, train_info)`` writes, atomically (temp dir then rename), a standard
+  HF directory: config.json, model.safetensors, tokenizer files, ``generation_config.json`` pinning every
+  decoding parameter (:func:`pinned_generation_config`), and ``radgr_train.json`` (``train_info``).
+- ``read_train_info(dir)`` reads ``radgr_train.json`` back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+
+from decoding.engine import MAX_BEAM_WIDTH
+from sid_index.tokens import NUM_LEVELS
+
+TRAIN_INFO_FILE = "radgr_train.json"
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Shape of a Qwen3 model (the vocabulary size comes from the tokenizer)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, given {getattr(self, name)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # tiny: sized so SFT on the demo data takes minutes on 2 CPU cores and still learns.
+    "tiny": ModelPreset(hidden_size=192, intermediate_size=576, num_hidden_layers=4, num_attention_heads=6,
+                        num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True),
+    # the public Qwen3-0.6B and Qwen3-1.7B shapes (config.json of Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B)
+    "0.6b": ModelPreset(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True),
+    "1.7b": ModelPreset(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True),
+}
+
+
+def preset_config(preset: str, vocab_size: int, *, pad_token_id: int | None = None,
+                  eos_token_id: int | None = None) -> Qwen3Config:
+    """The ``Qwen3Config`` of a preset with radgr's vocabulary."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, given {preset!r}")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, given {vocab_size}")
+    p = PRESETS[preset]
+    return Qwen3Config(
+        vocab_size=int(vocab_size), hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_hidden_layers, num_attention_heads=p.num_attention_heads,
+        num_key_value_heads=p.num_key_value_heads, head_dim=p.head_dim,
+        max_position_embeddings=p.max_position_embeddings, tie_word_embeddings=p.tie_word_embeddings,
+        rope_theta=p.rope_theta, rms_norm_eps=p.rms_norm_eps, attention_dropout=0.0,
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None,
+        attn_implementation="sdpa", dtype="float32",
+    )
+
+
+def build_model(preset: str, vocab_size: int, seed: int = 0, *, pad_token_id: int | None = None,
+                eos_token_id: int | None = None) -> Qwen3ForCausalLM:
+    """A freshly initialised fp32 Qwen3 causal LM of ``preset`` (deterministic for a seed)."""
+    cfg = preset_config(preset, vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(cfg)
+    model.generation_config = pinned_generation_config(eos_token_id, pad_token_id)
+    return model
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The causal LM of a local model directory (no download), in ``dtype``, eval mode, sdpa attention."""
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model directory {path} has no config.json")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa",
+                                                 local_files_only=True)
+    return model.eval()
+
+
+def pinned_generation_config(eos_token_id: int | None, pad_token_id: int | None) -> GenerationConfig:
+    """Every decoding parameter radgr relies on, set explicitly (beam search over exactly 3 SID tokens).
+
+    Callers of ``generate`` must still pass their parameters explicitly; this file only documents the intent
+    and stops a base model's own defaults (sampling, temperature, repetition penalty ...) from leaking in.
+    """
+    cfg = GenerationConfig(
+        num_beams=MAX_BEAM_WIDTH, num_return_sequences=MAX_BEAM_WIDTH, do_sample=False, length_penalty=0.0,
+        max_new_tokens=NUM_LEVELS, min_new_tokens=NUM_LEVELS, early_stopping=True, temperature=None, top_k=None,
+        top_p=None, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beam_groups=1, diversity_penalty=0.0,
+        renormalize_logits=False, use_cache=True, output_scores=False, return_dict_in_generate=False,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
+    )
+    cfg.validate(strict=True)
+    return cfg
+
+
+def save_model_dir(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, train_info: dict[str, Any]) -> Path:
+    """Write the model directory atomically (see module docstring); an existing ``out_dir`` is replaced."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        model.generation_config = pinned_generation_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        with open(tmp / TRAIN_INFO_FILE, "w", encoding="utf-8") as fh:
+            json.dump(train_info, fh, indent=2, sort_keys=True, default=_json_default)
+            fh.write("\n")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_train_info(model_dir: str | Path) -> dict[str, Any]:
+    """``radgr_train.json`` of a model directory ({} if absent, e.g. a base HF model)."""
+    path = Path(model_dir) / TRAIN_INFO_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")

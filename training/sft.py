@@ -1,0 +1,285 @@
+"""SFT: next-SID prediction on every (prompt, positive) pair of ``samples/train.parquet``.
+
+Command: ``radgr train sft --samples DIR --index DIR --out RUN_DIR [--preset tiny | --model PATH] ...``
+
+Contract:
+- One training example per (session, positive item): input = prompt ids (``decoding.prompt.encode_prompt``) then
+  the positive's 3 SID tokens; targets = ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS), predicted from
+  the last prompt position and the 3 SID positions. The loss is the mean over pairs of the mean token NLL of the
+  4 targets (log-softmax over the full vocabulary); prompt tokens carry no loss.
+- Batches are left-padded (:func:`training.train_common.pad_left`), so the 4 predicting positions are the last 4
+  columns of every row and the model computes logits for those only (``logits_to_keep=4``).
+- ``run_sft(cfg)`` trains with :class:`training.train_common.RadgrTrainer` and writes ``RUN_DIR/final/``
+  (model dir + tokenizer + generation_config + ``radgr_train.json`` with method "sft"), ``RUN_DIR/train_log.json``,
+  ``RUN_DIR/loss.png`` and checkpoints under ``RUN_DIR/checkpoints``.
+- Without ``--model``, the tokenizer is built by ``training.tokenizer.build_tokenizer`` from the index's catalog
+  texts (titles) and the samples' prompts, and the model is a fresh preset; with ``--model PATH`` the local HF
+  model's tokenizer gets the SID tokens (``add_sid_tokens``) and its embeddings are resized.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from decoding.prompt import PROMPT_VERSION, encode_prompt
+from decoding.sid_vocab import SidVocab
+from sid_index.tokens import NUM_LEVELS
+from training.train_common import (
+    LABEL_KEY,
+    UNITS_KEY,
+    RadgrTrainer,
+    TrainConfig,
+    last_checkpoint,
+    pad_left,
+    run_callbacks,
+    target_log_probs,
+    training_arguments,
+)
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_LEN = NUM_LEVELS + 1  # 3 SID tokens + EOS
+
+
+# ---------------------------------------------------------------- examples
+
+
+@dataclass(frozen=True)
+class SftPairs:
+    """(prompt text, positive SID codes) pairs read from a samples file."""
+
+    prompts: list[str]
+    codes: list[tuple[int, int, int]]
+    num_sessions: int
+
+
+def read_sft_pairs(path: str | Path) -> SftPairs:
+    """Every (prompt, positive) pair of a samples Parquet file (columns ``prompt``, ``positive_codes``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"samples file {path} does not exist")
+    table = pq.read_table(path)
+    for col in ("prompt", "positive_codes", "prompt_version"):
+        if col not in table.column_names:
+            raise ValueError(f"samples file {path} lacks column {col!r}")
+    versions = set(table.column("prompt_version").to_pylist())
+    if versions - {PROMPT_VERSION}:
+        raise ValueError(f"samples file {path} has prompt_version {sorted(versions)}, this radgr renders "
+                         f"{PROMPT_VERSION!r}: rebuild the samples")
+    prompts_out: list[str] = []
+    codes_out: list[tuple[int, int, int]] = []
+    prompts = table.column("prompt").to_pylist()
+    pos_codes = table.column("positive_codes").to_pylist()
+    for row, (prompt, codes) in enumerate(zip(prompts, pos_codes, strict=True)):
+        for c in codes or []:
+            if len(c) != NUM_LEVELS:
+                raise ValueError(f"{path} row {row}: positive_codes entries need {NUM_LEVELS} codes, given {c}")
+            prompts_out.append(prompt)
+            codes_out.append((int(c[0]), int(c[1]), int(c[2])))
+    return SftPairs(prompts_out, codes_out, num_sessions=table.num_rows)
+
+
+def encode_sft_examples(pairs: SftPairs, tokenizer: Any, vocab: SidVocab, max_length: int) -> list[dict[str, Any]]:
+    """Token ids of every pair: ``{"input_ids": prompt + 3 SID ids, "target_ids": 3 SID ids + EOS}``.
+
+    Each distinct prompt is tokenized once. Raises if a sequence exceeds ``max_length`` or a code is out of range.
+    """
+    cache: dict[str, list[int]] = {}
+    out: list[dict[str, Any]] = []
+    for prompt, codes in zip(pairs.prompts, pairs.codes, strict=True):
+        for level, c in enumerate(codes):
+            if not 0 <= c < vocab.sizes[level]:
+                raise ValueError(f"positive code {c} at level {level} is outside the codebook "
+                                 f"[0, {vocab.sizes[level]})")
+        ids = cache.get(prompt)
+        if ids is None:
+            ids = encode_prompt(tokenizer, prompt)
+            if not ids:
+                raise ValueError(f"prompt encodes to no tokens: {prompt!r}")
+            cache[prompt] = ids
+        target = list(vocab.candidate_ids(codes))
+        seq = ids + target[:NUM_LEVELS]
+        if len(seq) > max_length:
+            raise ValueError(f"prompt + SID is {len(seq)} tokens, above the model's max_position_embeddings "
+                             f"{max_length}; cap the history (max_history) when building samples")
+        out.append({"input_ids": seq, LABEL_KEY: target})
+    return out
+
+
+class ListDataset(Dataset):
+    """A map-style dataset over a list of example dicts."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+@dataclass(frozen=True)
+class SftCollator:
+    """Left-pads examples; every batch holds input_ids, attention_mask, position_ids, target_ids [B, 4], num_units."""
+
+    pad_id: int
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = pad_left([f["input_ids"] for f in features], self.pad_id)
+        batch[LABEL_KEY] = torch.tensor([f[LABEL_KEY] for f in features], dtype=torch.long)
+        batch[UNITS_KEY] = len(features)
+        return batch
+
+
+def candidate_log_probs(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """[B, 4] log-probs of each row's 3 SID tokens and EOS (the last 4 positions of a left-padded batch)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=CANDIDATE_LEN, use_cache=False)
+    return target_log_probs(out.logits, batch[LABEL_KEY])
+
+
+def sft_loss_sum(token_log_probs: torch.Tensor) -> torch.Tensor:
+    """Sum over pairs of the mean NLL of a pair's 4 target tokens. token_log_probs: [B, 4] -> scalar."""
+    return -(token_log_probs.mean(dim=-1)).sum()
+
+
+class SftTrainer(RadgrTrainer):
+    """Next-SID cross-entropy; logs the per-level top-1 accuracy of the targets as ``acc/s0..s2, acc/eos``."""
+
+    def compute_loss_sum(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    position_ids=inputs["position_ids"], logits_to_keep=CANDIDATE_LEN, use_cache=False)
+        targets = inputs[LABEL_KEY]
+        with torch.no_grad():
+            hits = (out.logits.argmax(dim=-1) == targets).float().mean(dim=0)
+            for k, name in enumerate(("s0", "s1", "s2", "eos")):
+                self.record_metric(f"acc/{name}", float(hits[k]))
+        return sft_loss_sum(target_log_probs(out.logits, targets))
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    """Everything ``radgr train sft`` needs (paths and options); validated on construction."""
+
+    samples_dir: Path
+    index_dir: Path
+    out_dir: Path
+    preset: str = "tiny"
+    model_path: Path | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resume: bool = False
+    tokenizer_vocab_size: int = 2048
+    limit: int | None = None  # use only the first N pairs (smoke runs)
+
+    def __post_init__(self) -> None:
+        from training.model import PRESETS
+
+        if self.model_path is None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, given {self.preset!r}")
+        if self.tokenizer_vocab_size < 300:
+            raise ValueError(f"tokenizer_vocab_size must be >= 300, given {self.tokenizer_vocab_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, given {self.limit}")
+
+
+def prepare_model_and_tokenizer(cfg: SftConfig, index: Any, prompts: Sequence[str]) -> tuple[Any, Any]:
+    """(model, tokenizer) for a run: fresh preset + radgr BPE tokenizer, or a local HF model + SID tokens.
+
+    On ``--resume`` with an existing run, the run's own tokenizer (``RUN_DIR/tokenizer``) is reused so token ids
+    match the checkpoint.
+    """
+    from transformers import AutoTokenizer
+
+    from training.model import build_model, load_model
+    from training.tokenizer import add_sid_tokens, build_tokenizer
+
+    sizes = tuple(int(s) for s in index.codebook_sizes)
+    tok_dir = cfg.out_dir / "tokenizer"
+    if cfg.model_path is not None:
+        model = load_model(cfg.model_path)
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.model_path), local_files_only=True)
+        add_sid_tokens(tokenizer, model, sizes)
+        return model.train(), tokenizer
+    if tok_dir.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    else:
+        titles = _catalog_titles(cfg.index_dir)
+        tokenizer = build_tokenizer([*titles, *prompts], sizes, vocab_size=cfg.tokenizer_vocab_size)
+        tokenizer.save_pretrained(str(tok_dir))
+    model = build_model(cfg.preset, len(tokenizer), seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
+    return model.train(), tokenizer
+
+
+def _catalog_titles(index_dir: Path) -> list[str]:
+    """Item titles for the tokenizer: the index folder's catalog when it has one, else none."""
+    for name in ("catalog.parquet", "catalog.jsonl", "catalog.csv"):
+        path = index_dir / name
+        if path.is_file():
+            from sid_index.catalog import read_catalog
+
+            return list(read_catalog(path).titles)
+    logger.info("no catalog file in %s: the tokenizer trains on the prompts only", index_dir)
+    return []
+
+
+def run_sft(cfg: SftConfig) -> Path:
+    """Train, then write ``RUN_DIR/final``; returns that path."""
+    from sid_index.index import SidIndex
+    from training.model import num_parameters, save_model_dir
+
+    t0 = time.time()
+    index = SidIndex.load(cfg.index_dir)
+    train_path = cfg.samples_dir / "train.parquet"
+    pairs = read_sft_pairs(train_path)
+    if cfg.limit is not None:
+        pairs = SftPairs(pairs.prompts[: cfg.limit], pairs.codes[: cfg.limit], pairs.num_sessions)
+    if not pairs.prompts:
+        raise ValueError(f"{train_path} holds no (prompt, positive) pairs")
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = prepare_model_and_tokenizer(cfg, index, sorted(set(pairs.prompts)))
+    vocab = SidVocab.from_tokenizer(tokenizer, index.codebook_sizes,
+                                    vocab_size=model.get_input_embeddings().num_embeddings)
+    examples = encode_sft_examples(pairs, tokenizer, vocab, max_length=model.config.max_position_embeddings)
+    logger.info("SFT: %d pairs from %d sessions, model %d parameters", len(examples), pairs.num_sessions,
+                num_parameters(model))
+    trainer = SftTrainer(
+        model=model, args=training_arguments(cfg.train, cfg.out_dir), train_dataset=ListDataset(examples),
+        data_collator=SftCollator(pad_id=int(tokenizer.pad_token_id)), callbacks=run_callbacks(cfg.out_dir),
+    )
+    resumed_from = last_checkpoint(cfg.out_dir) if cfg.resume else None
+    result = trainer.train_with_resume(cfg.resume)
+    final = cfg.out_dir / "final"
+    if trainer.is_world_process_zero():
+        info = {
+            "method": "sft",
+            "steps": int(trainer.state.global_step),
+            "train_loss": float(result.training_loss),
+            "pairs": len(examples),
+            "sessions": pairs.num_sessions,
+            "data": {"samples": str(cfg.samples_dir), "index": str(cfg.index_dir)},
+            "model": {"preset": None if cfg.model_path else cfg.preset,
+                      "base_model": str(cfg.model_path) if cfg.model_path else None,
+                      "parameters": num_parameters(model)},
+            "codebook_sizes": list(index.codebook_sizes),
+            "prompt_version": PROMPT_VERSION,
+            "config": {**asdict(cfg.train), "tokenizer_vocab_size": cfg.tokenizer_vocab_size, "limit": cfg.limit},
+            "resumed_from": resumed_from,
+            "wall_seconds": time.time() - t0,
+        }
+        save_model_dir(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final, info)
+    trainer.accelerator.wait_for_everyone()
+    return final
