@@ -32,20 +32,28 @@ def _random_sessions(tok, n_cands: list[int], seed: int = 0):  # type: ignore[no
     return prompts, cands
 
 
-def test_mask_layout_by_hand(tiny_lm_factory) -> None:  # type: ignore[no-untyped-def]
-    """Prompt of 2 tokens, 2 candidates: rows are p0 p1 | a0 a1 a2 | b0 b1 b2 (L = 8).
+def test_mask_layout_by_hand() -> None:
+    """Session 0: prompt p0 p1, candidates a, b; session 1: prompt q0, candidate c. Pmax = 2, Cmax = 2, L = 8.
 
-    Row a1 (pos 3) sees p0 p1 a0 a1; row b0 (pos 5) sees p0 p1 b0; positions are 0 1 | 2 3 4 | 2 3 4;
-    candidate a's token 0 is predicted at position 1 (last prompt token), EOS at position 4 (a2).
+    Row 0 columns: p0 p1 | a0 a1 a2 | b0 b1 b2; row 1: pad q0 | c0 c1 c2 | dummy dummy dummy.
+    Row 0: a1 (col 3) sees p0 p1 a0 a1; b0 (col 5) sees p0 p1 b0; positions 0 1 | 2 3 4 | 2 3 4.
+    Row 1: the pad (col 0) and the dummy block see only themselves; c0 (col 2) sees q0 c0; positions of c are 1 2 3.
+    Both rows predict candidate token 0 at column 1 (last prompt column), block j's EOS at column 4 + 3j.
     """
-    batch = pack_sessions([[7, 8]], [[(10, 11, 12, 2), (13, 14, 15, 2)]], pad_id=0)
-    blocked = batch.attention_mask[0, 0] < 0
-    visible = [[int(k) for k in torch.nonzero(~blocked[q]).flatten()] for q in range(8)]
-    assert visible == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 5], [0, 1, 5, 6], [0, 1, 5, 6, 7]]
-    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 2, 3, 4]
-    assert batch.input_ids[0].tolist() == [7, 8, 10, 11, 12, 13, 14, 15]
-    assert batch.predict_pos[0].tolist() == [[1, 2, 3, 4], [1, 5, 6, 7]]
-    assert batch.eos_pos[0].tolist() == [4, 7]
+    batch = pack_sessions([[7, 8], [9]], [[(10, 11, 12, 2), (13, 14, 15, 2)], [(16, 17, 18, 2)]], pad_id=0)
+    blocked = batch.attention_mask[:, 0] < 0
+
+    def visible(b: int) -> list[list[int]]:
+        return [[int(k) for k in torch.nonzero(~blocked[b, q]).flatten()] for q in range(8)]
+
+    assert visible(0) == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 5], [0, 1, 5, 6],
+                          [0, 1, 5, 6, 7]]
+    assert visible(1) == [[0], [1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [5], [6], [7]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3, 4], [0, 0, 1, 2, 3, 0, 0, 0]]
+    assert batch.input_ids.tolist() == [[7, 8, 10, 11, 12, 13, 14, 15], [0, 9, 16, 17, 18, 0, 0, 0]]
+    assert batch.predict_pos[0].tolist() == [[1, 2, 3, 4], [1, 5, 6, 7]] == batch.predict_pos[1].tolist()
+    assert batch.eos_pos.tolist() == [[4, 7], [4, 7]]
+    assert batch.valid.tolist() == [[True, True], [True, False]]
     assert batch.attention_mask.dtype == torch.float32
     assert float(batch.attention_mask.min()) == torch.finfo(torch.float32).min
 

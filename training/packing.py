@@ -5,26 +5,27 @@ Contract
 A *session* is a prompt (token ids) and ``C >= 1`` candidates; a candidate is ``CANDIDATE_LEN = 4`` token ids
 (3 SID tokens then EOS, ``SidVocab.candidate_ids``). ``pack_sessions`` lays a batch of sessions out as
 
-    row b:  prompt_b (P_b tokens) ‖ cand_1[:3] ‖ cand_2[:3] ‖ … ‖ cand_C[:3] ‖ padding
+    row b:  left padding ‖ prompt_b (P_b tokens) ‖ cand_1[:3] ‖ … ‖ cand_C[:3] ‖ dummy blocks up to Cmax
 
-with
+so every row has the same columns: the last prompt token at ``Pmax - 1`` and candidate block ``j`` at
+``Pmax + 3j .. Pmax + 3j + 2`` (``L = Pmax + 3·Cmax``). With it come
 - a block-diagonal **additive float** mask ``[B, 1, L, L]`` (0 = attend, ``finfo(dtype).min`` = blocked): the
   prompt is causal; each candidate block sees the whole prompt and its own earlier tokens, never another block;
-  a padding position sees only itself (a row with no visible key makes sdpa return NaN);
-- **aligned position ids**: every block continues from the prompt's length (``P_b, P_b + 1, P_b + 2``), so no
-  block can tell where it sits in the row;
-- the gather positions: candidate token 0 is predicted from the last prompt position ([R]), token ``t >= 1`` from
-  the block's token ``t - 1``; the EOS-emitting step (token 3) is the block's last SID token, whose final-layer
-  hidden state is the candidate's representation ``h(y)`` for RDRW.
+  padding positions and dummy blocks see only themselves (a row with no visible key makes sdpa return NaN);
+- **aligned position ids**: the prompt counts from 0 and every block continues from the prompt's length
+  (``P_b, P_b + 1, P_b + 2``), so no block can tell where it sits in the row;
+- candidate token 0 is predicted from the last prompt position ([R]), token ``t >= 1`` from the block's token
+  ``t - 1``; the EOS-emitting step (token 3) is the block's last SID token, whose final-layer hidden state (after
+  the final norm: the LM head's input) is the candidate's representation ``h(y)`` for RDRW.
 
-``packed_forward(model, batch)`` runs one forward pass and returns :class:`CandidateScores`: per-token log-probs
-``[B, Cmax, 4]`` (log-softmax over the full vocabulary), EOS hidden states ``[B, Cmax, H]`` and the validity mask
-``[B, Cmax]`` (False for the padding candidates of sessions with fewer than ``Cmax`` candidates; their log-probs
-and hidden states are 0). Logits are computed only at the gathered positions.
+``packed_forward(model, batch)`` is one ordinary ``model(...)`` call (so DDP and autocast wrappers work) with
+``logits_to_keep = 3·Cmax + 1`` (logits only for the columns that predict candidate tokens). It returns
+:class:`CandidateScores`: per-token log-probs ``[B, Cmax, 4]`` (log-softmax over the full vocabulary), EOS hidden
+states ``[B, Cmax, H]`` and the validity mask ``[B, Cmax]`` (False for dummy candidates; their values are 0).
 
-``sequence_forward`` is the unpacked path the pairwise baselines use (each (prompt, candidate) pair its own row,
-right-padded, ordinary causal attention) and ``reference_scores`` the slow obviously-correct reference (one pair at
-a time, no padding, no custom mask); tests check all three agree to float tolerance.
+``sequence_forward`` is the unpacked path of the pairwise baselines (each (prompt, candidate) pair its own row,
+left-padded, ordinary causal attention, ``logits_to_keep = 4``) and ``reference_scores`` the slow obviously-correct
+reference (one pair at a time, no padding, no custom mask); tests check all three agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def pack_sessions(
     pad_id: int,
     dtype: torch.dtype = torch.float32,
 ) -> PackedBatch:
-    """Lay out a batch of sessions as packed rows (see the module docstring)."""
+    """Lay out a batch of sessions as packed, left-padded rows (see the module docstring)."""
     if len(prompts) != len(candidates):
         raise ValueError(f"prompts and candidates must have the same length, given {len(prompts)}, {len(candidates)}")
     if len(prompts) == 0:
@@ -85,46 +86,42 @@ def pack_sessions(
     for b, (p, cs) in enumerate(zip(prompts, candidates, strict=True)):
         _check_session(b, p, cs)
     bsz = len(prompts)
-    lengths = [len(p) + BLOCK_LEN * len(cs) for p, cs in zip(prompts, candidates, strict=True)]
-    seq_len = max(lengths)
+    pmax = max(len(p) for p in prompts)
     cmax = max(len(cs) for cs in candidates)
+    seq_len = pmax + BLOCK_LEN * cmax
 
     input_ids = torch.full((bsz, seq_len), int(pad_id), dtype=torch.long)
     position_ids = torch.zeros((bsz, seq_len), dtype=torch.long)
     allowed = torch.zeros((bsz, seq_len, seq_len), dtype=torch.bool)
-    predict_pos = torch.zeros((bsz, cmax, CANDIDATE_LEN), dtype=torch.long)
+    diag = torch.arange(seq_len)
+    allowed[:, diag, diag] = True  # padding and dummy blocks: themselves only
     target_ids = torch.zeros((bsz, cmax, CANDIDATE_LEN), dtype=torch.long)
-    eos_pos = torch.zeros((bsz, cmax), dtype=torch.long)
     valid = torch.zeros((bsz, cmax), dtype=torch.bool)
-
     causal3 = torch.tril(torch.ones((BLOCK_LEN, BLOCK_LEN), dtype=torch.bool))
     for b, (prompt, cands) in enumerate(zip(prompts, candidates, strict=True)):
         plen = len(prompt)
-        input_ids[b, :plen] = torch.as_tensor(list(prompt), dtype=torch.long)
-        position_ids[b, :plen] = torch.arange(plen)
-        allowed[b, :plen, :plen] = torch.tril(torch.ones((plen, plen), dtype=torch.bool))
+        cols = slice(pmax - plen, pmax)
+        input_ids[b, cols] = torch.as_tensor(list(prompt), dtype=torch.long)
+        position_ids[b, cols] = torch.arange(plen)
+        allowed[b, cols, cols] = torch.tril(torch.ones((plen, plen), dtype=torch.bool))
         for j, cand in enumerate(cands):
-            start = plen + BLOCK_LEN * j
+            start = pmax + BLOCK_LEN * j
             block = slice(start, start + BLOCK_LEN)
             input_ids[b, block] = torch.as_tensor(list(cand[:BLOCK_LEN]), dtype=torch.long)
             position_ids[b, block] = torch.arange(plen, plen + BLOCK_LEN)
-            allowed[b, block, :plen] = True
+            allowed[b, block, cols] = True
             allowed[b, block, block] = causal3
-            predict_pos[b, j] = torch.tensor([plen - 1, start, start + 1, start + 2])
             target_ids[b, j] = torch.as_tensor(list(cand), dtype=torch.long)
-            eos_pos[b, j] = start + BLOCK_LEN - 1
             valid[b, j] = True
-        for pos in range(lengths[b], seq_len):  # padding sees only itself
-            allowed[b, pos, pos] = True
 
+    # the same columns in every row: the last prompt column, then each block's 3 columns
+    starts = pmax + BLOCK_LEN * torch.arange(cmax)[:, None]
+    predict = torch.cat([torch.full((cmax, 1), pmax - 1), starts + torch.arange(BLOCK_LEN)], dim=1)
+    predict_pos = predict[None].expand(bsz, cmax, CANDIDATE_LEN).clone()
+    eos_pos = (starts[:, 0] + BLOCK_LEN - 1)[None].expand(bsz, cmax).clone()
     mask = torch.zeros((bsz, 1, seq_len, seq_len), dtype=dtype)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     return PackedBatch(input_ids, mask, position_ids, predict_pos, target_ids, eos_pos, valid)
-
-
-def _decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """The transformer body (returns last_hidden_state, post final norm) and the LM head of a causal LM."""
-    return model.get_decoder(), model.get_output_embeddings()
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -132,36 +129,35 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _gather_scores(
-    hidden: torch.Tensor, head: Any, predict_pos: torch.Tensor, target_ids: torch.Tensor, eos_pos: torch.Tensor,
-    valid: torch.Tensor,
+def _scores_from_tail(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep: int,
+    predict_pos: torch.Tensor, target_ids: torch.Tensor, eos_pos: torch.Tensor, valid: torch.Tensor,
 ) -> CandidateScores:
-    bsz, cmax, tlen = predict_pos.shape
-    rows = torch.arange(bsz)[:, None, None].expand(bsz, cmax, tlen)
-    h_pred = hidden[rows, predict_pos]  # [B, C, 4, H]
-    logits = _at_least_fp32(head(h_pred))
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, target_ids[..., None]).squeeze(-1)
-    eos_hidden = hidden[torch.arange(bsz)[:, None].expand(bsz, cmax), eos_pos]
-    logps = logps * valid[..., None]
-    eos_hidden = eos_hidden * valid[..., None].to(eos_hidden.dtype)
-    return CandidateScores(logps, eos_hidden, valid)
+    """Forward with logits for the last ``keep`` columns only; gather log-probs and EOS hidden states."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=keep, use_cache=False)
+    bsz = predict_pos.shape[0]
+    first_kept = input_ids.shape[1] - keep
+    rows = torch.arange(bsz, device=input_ids.device)
+    logits = out.logits[rows[:, None, None], predict_pos - first_kept]  # [B, C, 4, V]
+    logps = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, target_ids[..., None]).squeeze(-1)
+    hidden = out.hidden_states[-1][rows[:, None], eos_pos]  # [B, C, H]
+    return CandidateScores(logps * valid[..., None], hidden * valid[..., None].to(hidden.dtype), valid)
 
 
 def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
     """One forward pass over packed sessions; gradients flow unless the caller disables them."""
-    decoder, head = _decoder_and_head(model)
-    out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                  use_cache=False)
-    return _gather_scores(out.last_hidden_state, head, batch.predict_pos, batch.target_ids, batch.eos_pos,
-                          batch.valid)
+    keep = BLOCK_LEN * batch.valid.shape[1] + 1
+    return _scores_from_tail(model, batch.input_ids, batch.attention_mask, batch.position_ids, keep,
+                             batch.predict_pos, batch.target_ids, batch.eos_pos, batch.valid)
 
 
 def sequence_forward(
     model: Any, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad_id: int,
 ) -> CandidateScores:
-    """Unpacked: row i is ``prompts[i] ‖ candidates[i][:3]``, right-padded, causal attention with a padding mask.
+    """Unpacked: row i is ``prompts[i] ‖ candidates[i][:3]``, left-padded, causal attention with a padding mask.
 
-    Returns scores with ``Cmax = 1`` (shape ``[R, 1, 4]``): one candidate per row, as the pairwise baselines encode.
+    Returns scores with ``Cmax = 1`` (``[R, 1, 4]``): one candidate per row, as the pairwise baselines encode.
     """
     if len(prompts) != len(candidates):
         raise ValueError(f"prompts and candidates must have the same length, given {len(prompts)}, {len(candidates)}")
@@ -170,25 +166,21 @@ def sequence_forward(
     for i, (p, c) in enumerate(zip(prompts, candidates, strict=True)):
         _check_session(i, p, [c])
     rows = len(prompts)
-    lengths = [len(p) + BLOCK_LEN for p in prompts]
-    seq_len = max(lengths)
-    input_ids = torch.full((rows, seq_len), int(pad_id), dtype=torch.long)
-    attn = torch.zeros((rows, seq_len), dtype=torch.long)
-    predict_pos = torch.zeros((rows, 1, CANDIDATE_LEN), dtype=torch.long)
-    target_ids = torch.zeros((rows, 1, CANDIDATE_LEN), dtype=torch.long)
-    eos_pos = torch.zeros((rows, 1), dtype=torch.long)
+    width = max(len(p) for p in prompts) + BLOCK_LEN
+    input_ids = torch.full((rows, width), int(pad_id), dtype=torch.long)
+    attn = torch.zeros((rows, width), dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
     for i, (prompt, cand) in enumerate(zip(prompts, candidates, strict=True)):
-        plen = len(prompt)
-        input_ids[i, : lengths[i]] = torch.as_tensor([*prompt, *cand[:BLOCK_LEN]], dtype=torch.long)
-        attn[i, : lengths[i]] = 1
-        predict_pos[i, 0] = torch.arange(plen - 1, plen + BLOCK_LEN)
-        target_ids[i, 0] = torch.as_tensor(list(cand), dtype=torch.long)
-        eos_pos[i, 0] = plen + BLOCK_LEN - 1
-    decoder, head = _decoder_and_head(model)
-    position_ids = torch.arange(seq_len)[None].expand(rows, seq_len)
-    out = decoder(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
+        n = len(prompt) + BLOCK_LEN
+        input_ids[i, width - n:] = torch.as_tensor([*prompt, *cand[:BLOCK_LEN]], dtype=torch.long)
+        attn[i, width - n:] = 1
+        position_ids[i, width - n:] = torch.arange(n)
+    target_ids = torch.as_tensor([list(c) for c in candidates], dtype=torch.long)[:, None, :]
+    predict_pos = torch.arange(width - CANDIDATE_LEN, width)[None, None].expand(rows, 1, CANDIDATE_LEN).clone()
+    eos_pos = torch.full((rows, 1), width - 1)
     valid = torch.ones((rows, 1), dtype=torch.bool)
-    return _gather_scores(out.last_hidden_state, head, predict_pos, target_ids, eos_pos, valid)
+    return _scores_from_tail(model, input_ids, attn, position_ids, CANDIDATE_LEN, predict_pos, target_ids, eos_pos,
+                             valid)
 
 
 @torch.no_grad()
