@@ -1,0 +1,70 @@
+"""From a request (query, profile, history item ids) to the rendered prompt; training samples and the server
+both call :func:`prompt_for_request`, so a served prompt is byte-for-byte the trained one.
+
+Contract of ``prompt_for_request(query, profile, history_item_ids_oldest_first, index, categorizer, cfg)``, in order:
+1. map each history item id to its index row; ids not in the index are skipped and listed in
+   ``PromptBuild.unknown_item_ids`` (in history order);
+2. hard search (when ``cfg.hard_search`` and a categorizer is given): keep the items whose category equals
+   ``categorizer.predict(query)``; a query with no prediction (empty or unknown words) keeps everything;
+3. reverse to most recent first and keep the first ``cfg.max_history``;
+4. render with :func:`decoding.prompt.render_prompt` using each item's SID string.
+``PromptBuild.used_item_ids`` are the items that entered the prompt, most recent first (one per SID shown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from decoding.hard_search import QueryCategorizer, filter_history_by_category
+from decoding.prompt import render_prompt
+from sid_index.index import SidIndex
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    max_history: int = 50  # method.md §1: history capped, most recent first
+    hard_search: bool = True  # method.md §1: keep only history items of the query's predicted category
+
+    def __post_init__(self) -> None:
+        if self.max_history < 0:
+            raise ValueError(f"PromptConfig.max_history must be >= 0, given {self.max_history}")
+
+
+@dataclass(frozen=True)
+class PromptBuild:
+    text: str
+    used_item_ids: tuple[str, ...]  # most recent first
+    unknown_item_ids: tuple[str, ...]  # history ids missing from the index, in history order
+
+
+def prompt_for_request(
+    query: str,
+    profile: Mapping[str, str],
+    history_item_ids_oldest_first: Sequence[str],
+    index: SidIndex,
+    categorizer: QueryCategorizer | None,
+    cfg: PromptConfig = PromptConfig(),
+) -> PromptBuild:
+    """The prompt of one request (see the module docstring for the steps)."""
+    known: list[str] = []
+    rows: list[int] = []
+    unknown: list[str] = []
+    for item_id in history_item_ids_oldest_first:
+        row = index.item_row(item_id)
+        if row is None:
+            unknown.append(item_id)
+        else:
+            known.append(item_id)
+            rows.append(row)
+    keep = list(range(len(known)))
+    if cfg.hard_search and categorizer is not None and known:
+        target = categorizer.predict(query)
+        keep = filter_history_by_category(keep, [index.item_category[r] for r in rows], target)
+    chosen = keep[::-1][: cfg.max_history]
+    sids = [index.sid_str(int(index.item_sid_row[rows[k]])) for k in chosen]
+    return PromptBuild(
+        text=render_prompt(query, profile, sids),
+        used_item_ids=tuple(known[k] for k in chosen),
+        unknown_item_ids=tuple(unknown),
+    )

@@ -1,0 +1,514 @@
+"""Training samples from sessions and a SID index (method.md §1), streamed batch by batch, and their reader.
+
+Contract of :func:`build_samples` (one sample per session that has a positive known to the index):
+- Split: ``"day"`` — the last day in the file is ``test``, every earlier day ``train``; ``"file"`` — a CSV
+  ``session_id,split`` (``train``/``test``) names each session's split, sessions it does not name are skipped.
+- Pass 1 fits the :class:`~decoding.hard_search.QueryCategorizer` on the *train* sessions' (query, category of the
+  top positive) pairs. Pass 2 builds samples batch by batch (memory bounded by ``batch_size``).
+- Prompt: :func:`decoding.request_prompt.prompt_for_request` (hard search on by default, most recent first, capped).
+- Positives Y⁺: the clicked items, then ordered items not clicked, that are in the index. ``top_index`` points at
+  the first ordered positive if there is one, else the first clicked one (y*).
+- Negatives (``num_negatives`` = N = 3): exposed-but-unclicked items in display order first, then random catalog
+  items (uniform, without replacement; generator seeded by ``seed`` and the session id, so batch size never changes
+  the result). Never a positive; with ``exclude_same_sid`` (default) never an item whose SID equals a positive's
+  SID (the candidate sequences would be identical). Fewer than N only when the pool runs out.
+- ``negative_relevant`` is the truth (negative ∈ the session's ``relevant``) when the sessions carry it, else null.
+- Writes ``train.parquet``, ``test.parquet``, ``stats.json`` and ``query_categorizer.json`` into the output
+  directory, each atomically; returns the statistics (see :func:`_finish_stats` for the keys).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from decoding.hard_search import QueryCategorizer
+from decoding.prompt import PROMPT_VERSION
+from decoding.request_prompt import PromptConfig, prompt_for_request
+from sid_index.index import SidIndex
+from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, read_days, sessions_have_truth
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+_CODES = pa.list_(pa.list_(pa.int32()))
+SAMPLE_SCHEMA = pa.schema([
+    pa.field("session_id", pa.string(), nullable=False),
+    pa.field("day", pa.int32(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("positive_items", pa.list_(pa.string()), nullable=False),
+    pa.field("positive_codes", _CODES, nullable=False),
+    pa.field("top_index", pa.int32(), nullable=False),
+    pa.field("negative_items", pa.list_(pa.string()), nullable=False),
+    pa.field("negative_codes", _CODES, nullable=False),
+    pa.field("negative_relevant", pa.list_(pa.bool_()), nullable=True),
+    pa.field("relevant_items", pa.list_(pa.string()), nullable=False),
+    pa.field("relevant_grades", pa.list_(pa.int32()), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_negatives: int = 3  # N [S]
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    split: str = "day"  # "day" or "file"
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    exclude_same_sid: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_negatives < 0:
+            raise ValueError(f"SampleConfig.num_negatives must be >= 0, given {self.num_negatives}")
+        if self.split not in ("day", "file"):
+            raise ValueError(f"SampleConfig.split must be 'day' or 'file', given {self.split!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"SampleConfig.batch_size must be >= 1, given {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row of ``samples/{train,test}.parquet`` (docs/architecture.md "Samples")."""
+
+    session_id: str
+    day: int
+    split: str
+    prompt: str
+    prompt_version: str
+    positive_items: tuple[str, ...]
+    positive_codes: tuple[tuple[int, int, int], ...]
+    top_index: int
+    negative_items: tuple[str, ...]
+    negative_codes: tuple[tuple[int, int, int], ...]
+    negative_relevant: tuple[bool, ...] | None
+    relevant_items: tuple[str, ...]
+    relevant_grades: tuple[int, ...]
+
+    @property
+    def top_codes(self) -> tuple[int, int, int]:
+        return self.positive_codes[self.top_index]
+
+
+def pairwise_pairs(sample: Sample) -> list[tuple[int, int]]:
+    """Every (positive index, negative index) pair of a sample: the baselines' decomposition (|Y⁺|·|Y⁻| pairs)."""
+    return [(i, j) for i in range(len(sample.positive_items)) for j in range(len(sample.negative_items))]
+
+
+def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two code tuples."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------ one session
+def positives_of(session: Session, index: SidIndex) -> tuple[list[str], int]:
+    """(positives known to the index, index of the top-tier positive); ``([], -1)`` when there is none."""
+    pos = list(dict.fromkeys([*session.clicked, *session.ordered]))
+    pos = [p for p in pos if index.item_row(p) is not None]
+    if not pos:
+        return [], -1
+    ordered = set(session.ordered)
+    top = next((k for k, p in enumerate(pos) if p in ordered), 0)
+    return pos, top
+
+
+def session_rng(seed: int, session_id: str) -> np.random.Generator:
+    """The generator of one session's random negatives: independent of batch size and order."""
+    return np.random.default_rng([seed, zlib.crc32(session_id.encode("utf-8"))])
+
+
+def choose_negatives(
+    session: Session, positives: Sequence[str], index: SidIndex, n: int, rng: np.random.Generator,
+    exclude_same_sid: bool = True, pool_rows: np.ndarray | None = None,
+) -> tuple[list[str], int, int]:
+    """(negatives, how many came from the exposure, how many were dropped for sharing a positive's SID)."""
+    pos_set = set(positives)
+    pos_sids = {int(index.item_sid_row[index.item_row(p)]) for p in positives}  # type: ignore[index]
+    chosen: list[str] = []
+    seen: set[str] = set()
+    dropped = 0
+    clicked = set(session.clicked) | set(session.ordered)
+    for item in session.exposed:
+        if len(chosen) >= n:
+            break
+        if item in clicked or item in pos_set or item in seen:
+            continue
+        row = index.item_row(item)
+        if row is None:
+            continue
+        if exclude_same_sid and int(index.item_sid_row[row]) in pos_sids:
+            dropped += 1
+            continue
+        chosen.append(item)
+        seen.add(item)
+    from_exposure = len(chosen)
+    pool_size = index.num_items if pool_rows is None else len(pool_rows)
+    attempts = 0
+    while len(chosen) < n and attempts < 20 * n + 100:
+        attempts += 1
+        k = int(rng.integers(pool_size))
+        row = k if pool_rows is None else int(pool_rows[k])
+        item = index.item_ids[row]
+        if item in pos_set or item in seen or (exclude_same_sid and int(index.item_sid_row[row]) in pos_sids):
+            continue
+        chosen.append(item)
+        seen.add(item)
+    return chosen, from_exposure, dropped
+
+
+def _codes(index: SidIndex, item: str) -> tuple[int, int, int]:
+    row = index.item_row(item)
+    if row is None:
+        raise KeyError(f"item_id {item!r} is not in the index")
+    c = index.sid_codes[int(index.item_sid_row[row])]
+    return int(c[0]), int(c[1]), int(c[2])
+
+
+@dataclass
+class _Counters:
+    samples: int = 0
+    positives: int = 0
+    negatives: int = 0
+    from_exposure: int = 0
+    short_negatives: int = 0
+    pairs: int = 0
+    share1: int = 0
+    share2: int = 0
+    exp_pairs: int = 0
+    exp_share1: int = 0
+    exp_share2: int = 0
+    rand_pairs: int = 0
+    rand_share1: int = 0
+    rand_share2: int = 0
+    truth_negatives: int = 0
+    relevant_negatives: int = 0
+    exp_truth_negatives: int = 0
+    exp_relevant_negatives: int = 0
+    history_used: int = 0
+    history_unknown: int = 0
+    same_sid_dropped: int = 0
+
+
+def build_sample(
+    session: Session, split: str, index: SidIndex, categorizer: QueryCategorizer | None, cfg: SampleConfig,
+    counters: _Counters | None = None, pool_rows: np.ndarray | None = None,
+) -> Sample | None:
+    """The sample of one session, ``None`` if it has no positive in the index."""
+    positives, top = positives_of(session, index)
+    if not positives:
+        return None
+    negatives, n_exp, dropped = choose_negatives(session, positives, index, cfg.num_negatives,
+                                                 session_rng(cfg.seed, session.session_id), cfg.exclude_same_sid,
+                                                 pool_rows)
+    build = prompt_for_request(session.query, session.profile, session.history, index, categorizer, cfg.prompt)
+    pos_codes = tuple(_codes(index, p) for p in positives)
+    neg_codes = tuple(_codes(index, x) for x in negatives)
+    relevant = set(session.relevant) if session.relevant is not None else None
+    neg_rel = tuple(x in relevant for x in negatives) if relevant is not None else None
+    sample = Sample(
+        session_id=session.session_id, day=session.day, split=split, prompt=build.text,
+        prompt_version=PROMPT_VERSION, positive_items=tuple(positives), positive_codes=pos_codes, top_index=top,
+        negative_items=tuple(negatives), negative_codes=neg_codes, negative_relevant=neg_rel,
+        relevant_items=tuple(session.relevant or ()), relevant_grades=tuple(session.relevant_grades or ()),
+    )
+    if counters is not None:
+        c = counters
+        c.samples += 1
+        c.positives += len(positives)
+        c.negatives += len(negatives)
+        c.from_exposure += n_exp
+        c.short_negatives += int(len(negatives) < cfg.num_negatives)
+        c.history_used += len(build.used_item_ids)
+        c.history_unknown += len(build.unknown_item_ids)
+        c.same_sid_dropped += dropped
+        top_codes = pos_codes[top]
+        for j, nc in enumerate(neg_codes):
+            p = shared_prefix_len(top_codes, nc)
+            c.pairs += 1
+            c.share1 += int(p >= 1)
+            c.share2 += int(p >= 2)
+            if j < n_exp:
+                c.exp_pairs += 1
+                c.exp_share1 += int(p >= 1)
+                c.exp_share2 += int(p >= 2)
+            else:
+                c.rand_pairs += 1
+                c.rand_share1 += int(p >= 1)
+                c.rand_share2 += int(p >= 2)
+            if neg_rel is not None:
+                c.truth_negatives += 1
+                c.relevant_negatives += int(neg_rel[j])
+                if j < n_exp:
+                    c.exp_truth_negatives += 1
+                    c.exp_relevant_negatives += int(neg_rel[j])
+    return sample
+
+
+# ------------------------------------------------------------------------------------------ Arrow I/O
+def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
+    arrays = [
+        pa.array([s.session_id for s in samples], pa.string()),
+        pa.array([s.day for s in samples], pa.int32()),
+        pa.array([s.split for s in samples], pa.string()),
+        pa.array([s.prompt for s in samples], pa.string()),
+        pa.array([s.prompt_version for s in samples], pa.string()),
+        pa.array([list(s.positive_items) for s in samples], pa.list_(pa.string())),
+        pa.array([[list(c) for c in s.positive_codes] for s in samples], _CODES),
+        pa.array([s.top_index for s in samples], pa.int32()),
+        pa.array([list(s.negative_items) for s in samples], pa.list_(pa.string())),
+        pa.array([[list(c) for c in s.negative_codes] for s in samples], _CODES),
+        pa.array([None if s.negative_relevant is None else list(s.negative_relevant) for s in samples],
+                 pa.list_(pa.bool_())),
+        pa.array([list(s.relevant_items) for s in samples], pa.list_(pa.string())),
+        pa.array([list(s.relevant_grades) for s in samples], pa.list_(pa.int32())),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+
+def _codes_tuple(rows: list[list[int]], where: str) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for c in rows:
+        if c is None or len(c) != 3:
+            raise ValueError(f"{where}: every code entry must hold 3 codes, given {c!r}")
+        out.append((int(c[0]), int(c[1]), int(c[2])))
+    return tuple(out)
+
+
+def samples_from_batch(batch: pa.RecordBatch, where: str, row_offset: int = 0) -> list[Sample]:
+    missing = [f.name for f in SAMPLE_SCHEMA if f.name not in batch.schema.names]
+    if missing:
+        raise ValueError(f"{where}: missing sample columns {missing}")
+    cols = {f.name: batch.column(f.name).to_pylist() for f in SAMPLE_SCHEMA}
+    out = []
+    for i in range(batch.num_rows):
+        w = f"{where} row {row_offset + i}"
+        pos, neg = cols["positive_items"][i], cols["negative_items"][i]
+        pos_codes = _codes_tuple(cols["positive_codes"][i], f"{w} field 'positive_codes'")
+        neg_codes = _codes_tuple(cols["negative_codes"][i], f"{w} field 'negative_codes'")
+        if len(pos_codes) != len(pos) or not pos:
+            raise ValueError(f"{w} field 'positive_codes': need one entry per positive ({len(pos)} >= 1)")
+        if len(neg_codes) != len(neg):
+            raise ValueError(f"{w} field 'negative_codes': need one entry per negative ({len(neg)})")
+        top = int(cols["top_index"][i])
+        if not 0 <= top < len(pos):
+            raise ValueError(f"{w} field 'top_index': must be in [0, {len(pos)}), given {top}")
+        nr = cols["negative_relevant"][i]
+        out.append(Sample(
+            session_id=cols["session_id"][i], day=int(cols["day"][i]), split=cols["split"][i],
+            prompt=cols["prompt"][i], prompt_version=cols["prompt_version"][i], positive_items=tuple(pos),
+            positive_codes=pos_codes, top_index=top, negative_items=tuple(neg), negative_codes=neg_codes,
+            negative_relevant=None if nr is None else tuple(bool(x) for x in nr),
+            relevant_items=tuple(cols["relevant_items"][i]), relevant_grades=tuple(cols["relevant_grades"][i]),
+        ))
+    return out
+
+
+def iter_sample_batches(path: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[Sample]]:
+    """Stream samples from ``train.parquet``/``test.parquet``, ``batch_size`` at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, given {batch_size}")
+    pf = pq.ParquetFile(path)
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        yield samples_from_batch(batch, str(path), offset)
+        offset += batch.num_rows
+
+
+def read_samples(path: str | os.PathLike[str]) -> list[Sample]:
+    """Every sample of a file, in file order."""
+    return [s for batch in iter_sample_batches(path) for s in batch]
+
+
+class _SampleWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        self.writer = pq.ParquetWriter(self.tmp, SAMPLE_SCHEMA)
+        self.buf: list[Sample] = []
+        self.rows = 0
+
+    def add(self, sample: Sample, flush_at: int) -> None:
+        self.buf.append(sample)
+        if len(self.buf) >= flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.writer.write_batch(samples_to_batch(self.buf))
+            self.rows += len(self.buf)
+            self.buf = []
+
+    def close(self, ok: bool) -> None:
+        if ok:
+            self.flush()
+        self.writer.close()
+        if ok:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ the whole run
+def read_split_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``session_id,split`` CSV (with that header) → mapping; splits must be ``train`` or ``test``."""
+    out: dict[str, str] = {}
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"session_id", "split"} <= set(reader.fieldnames):
+            raise ValueError(f"split file {str(path)!r} needs the columns 'session_id' and 'split'")
+        for row_no, rec in enumerate(reader):
+            if rec["split"] not in SPLITS:
+                raise ValueError(f"split file {str(path)!r} row {row_no} field 'split': must be one of {SPLITS}, "
+                                 f"given {rec['split']!r}")
+            out[rec["session_id"]] = rec["split"]
+    return out
+
+
+def _split_of(session: Session, cfg: SampleConfig, last_day: int, split_map: dict[str, str] | None) -> str | None:
+    if cfg.split == "file":
+        return None if split_map is None else split_map.get(session.session_id)
+    return "test" if session.day == last_day else "train"
+
+
+def fit_categorizer_from_sessions(
+    sessions_path: str | os.PathLike[str], index: SidIndex, cfg: SampleConfig, last_day: int,
+    split_map: dict[str, str] | None,
+) -> tuple[QueryCategorizer, int]:
+    """Fit on the train split's (query, category of top positive) pairs; returns (categorizer, pairs used)."""
+    cat = QueryCategorizer()
+    used = 0
+    for batch in iter_session_batches(sessions_path, cfg.batch_size):
+        pairs = []
+        for s in batch:
+            if _split_of(s, cfg, last_day, split_map) != "train" or not s.query:
+                continue
+            pos, top = positives_of(s, index)
+            if pos:
+                category = index.item_category[index.item_row(pos[top])]  # type: ignore[index]
+                if category:
+                    pairs.append((s.query, category))
+        cat.update(pairs)
+        used += len(pairs)
+    return cat, used
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _finish_stats(c: _Counters) -> dict[str, Any]:
+    """Per-split statistics: samples, positives/negatives per sample, shared-prefix shares, truth."""
+    return {
+        "samples": c.samples,
+        "positives_per_sample": _ratio(c.positives, c.samples),
+        "negatives_per_sample": _ratio(c.negatives, c.samples),
+        "negatives_from_exposure_share": _ratio(c.from_exposure, c.negatives),
+        "samples_short_of_negatives": c.short_negatives,
+        "pairs_top_positive_negative": c.pairs,
+        "share_first_token": _ratio(c.share1, c.pairs),
+        "share_first_two_tokens": _ratio(c.share2, c.pairs),
+        "share_first_token_exposed_negatives": _ratio(c.exp_share1, c.exp_pairs),
+        "share_first_two_tokens_exposed_negatives": _ratio(c.exp_share2, c.exp_pairs),
+        "share_first_token_random_negatives": _ratio(c.rand_share1, c.rand_pairs),
+        "share_first_two_tokens_random_negatives": _ratio(c.rand_share2, c.rand_pairs),
+        "negatives_truly_relevant": _ratio(c.relevant_negatives, c.truth_negatives),
+        "exposed_negatives_truly_relevant": _ratio(c.exp_relevant_negatives, c.exp_truth_negatives),
+        "history_items_in_prompt_per_sample": _ratio(c.history_used, c.samples),
+        "history_items_unknown_to_index": c.history_unknown,
+        "negatives_dropped_same_sid_as_positive": c.same_sid_dropped,
+    }
+
+
+def _merge(a: _Counters, b: _Counters) -> _Counters:
+    return _Counters(**{k: getattr(a, k) + getattr(b, k) for k in a.__dataclass_fields__})
+
+
+def build_samples(
+    sessions_path: str | os.PathLike[str], index: SidIndex, out_dir: str | os.PathLike[str], cfg: SampleConfig,
+    split_map: dict[str, str] | None = None, pool_item_ids: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Build samples (module docstring); returns the statistics also written to ``stats.json``.
+
+    ``pool_item_ids`` restricts random negatives to those catalog items (ids missing from the index are ignored).
+    """
+    if cfg.split == "file" and split_map is None:
+        raise ValueError("SampleConfig.split is 'file' but no split_map was given")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    days = read_days(sessions_path)
+    if not days:
+        raise ValueError(f"sessions file {str(sessions_path)!r} holds no session")
+    last_day = max(days)
+    truth = sessions_have_truth(sessions_path)
+    categorizer, cat_pairs = fit_categorizer_from_sessions(sessions_path, index, cfg, last_day, split_map)
+    pool_rows = None
+    if pool_item_ids is not None:
+        rows = [index.item_row(i) for i in pool_item_ids]
+        pool_rows = np.asarray(sorted({r for r in rows if r is not None}), dtype=np.int64)
+        if len(pool_rows) == 0:
+            raise ValueError("pool_item_ids: none of the catalog's items is in the index")
+    use_cat = categorizer if cfg.prompt.hard_search else None
+    counters = {s: _Counters() for s in SPLITS}
+    writers = {s: _SampleWriter(out / f"{s}.parquet") for s in SPLITS}
+    sessions = skipped_no_positive = skipped_no_split = 0
+    ok = False
+    try:
+        for batch in iter_session_batches(sessions_path, cfg.batch_size):
+            for s in batch:
+                sessions += 1
+                split = _split_of(s, cfg, last_day, split_map)
+                if split is None:
+                    skipped_no_split += 1
+                    continue
+                sample = build_sample(s, split, index, use_cat, cfg, counters[split], pool_rows)
+                if sample is None:
+                    skipped_no_positive += 1
+                    continue
+                writers[split].add(sample, cfg.batch_size)
+            if progress is not None:
+                progress(len(batch))
+        ok = True
+    finally:
+        for w in writers.values():
+            w.close(ok)
+    categorizer.save(out / "query_categorizer.json")
+    stats: dict[str, Any] = {
+        "sessions": sessions,
+        "skipped_no_positive_in_index": skipped_no_positive,
+        "skipped_no_split": skipped_no_split,
+        "split": cfg.split,
+        "last_day": last_day if cfg.split == "day" else None,
+        "ground_truth": truth,
+        "prompt_version": PROMPT_VERSION,
+        "num_negatives": cfg.num_negatives,
+        "max_history": cfg.prompt.max_history,
+        "hard_search": cfg.prompt.hard_search,
+        "exclude_same_sid": cfg.exclude_same_sid,
+        "seed": cfg.seed,
+        "categorizer_categories": len(categorizer.categories),
+        "categorizer_train_pairs": cat_pairs,
+        "all": _finish_stats(_merge(counters["train"], counters["test"])),
+        **{s: _finish_stats(counters[s]) for s in SPLITS},
+    }
+    tmp = out / f".stats.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "stats.json")
+    logger.info("wrote %d train and %d test samples to %s", counters["train"].samples, counters["test"].samples, out)
+    return stats

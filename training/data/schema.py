@@ -1,0 +1,274 @@
+"""Canonical search sessions: the Arrow schema, validation, and streaming Parquet reading/writing.
+
+Contract (one row per session; see docs/architecture.md "Sessions"):
+
+- Columns ``session_id: str`` (non-empty, unique within a file is the producer's job), ``day: int32`` (>= 0),
+  ``user_id: str``, ``query: str`` (may be empty), ``profile: map<str,str>``, ``history: list<str>`` (oldest
+  first), ``exposed: list<str>`` (display order), ``clicked: list<str>``, ``ordered: list<str>``. Simulated data
+  adds the truth ``relevant: list<str>`` and ``relevant_grades: list<int32>`` (same length, grades >= 1).
+- Rules checked on read and on write: no null in any column or list element, no empty item id, ``day >= 0``,
+  ``ordered ⊆ clicked``, ``clicked ⊆ exposed`` whenever ``exposed`` is non-empty (imported logs carry no
+  exposures), ``len(relevant) == len(relevant_grades)``. A broken row raises ``ValueError`` naming the file,
+  the row number (0-based, counted over the whole file) and the field.
+- :func:`iter_session_batches` streams a file in batches of ``batch_size`` rows (Parquet record batches), so a
+  day of logs larger than memory is processed batch by batch. :class:`SessionWriter` writes batch by batch to a
+  temporary file that is renamed into place on success (atomic).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_LIST_STR = pa.list_(pa.string())
+
+BASE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("session_id", pa.string(), nullable=False),
+    pa.field("day", pa.int32(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("query", pa.string(), nullable=False),
+    pa.field("profile", pa.map_(pa.string(), pa.string()), nullable=False),
+    pa.field("history", _LIST_STR, nullable=False),
+    pa.field("exposed", _LIST_STR, nullable=False),
+    pa.field("clicked", _LIST_STR, nullable=False),
+    pa.field("ordered", _LIST_STR, nullable=False),
+)
+TRUTH_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("relevant", _LIST_STR, nullable=False),
+    pa.field("relevant_grades", pa.list_(pa.int32()), nullable=False),
+)
+SESSION_SCHEMA = pa.schema(list(BASE_FIELDS))
+SESSION_TRUTH_SCHEMA = pa.schema([*BASE_FIELDS, *TRUTH_FIELDS])
+
+DEFAULT_BATCH_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class Session:
+    """One search session. ``relevant``/``relevant_grades`` are ``None`` when the data carries no truth."""
+
+    session_id: str
+    day: int
+    user_id: str
+    query: str
+    profile: dict[str, str] = field(default_factory=dict)
+    history: tuple[str, ...] = ()
+    exposed: tuple[str, ...] = ()
+    clicked: tuple[str, ...] = ()
+    ordered: tuple[str, ...] = ()
+    relevant: tuple[str, ...] | None = None
+    relevant_grades: tuple[int, ...] | None = None
+
+    @property
+    def has_truth(self) -> bool:
+        return self.relevant is not None
+
+
+def _check_items(items: object, where: str, name: str) -> tuple[str, ...]:
+    if items is None:
+        raise ValueError(f"{where} field {name!r}: must be a list, given null")
+    out = tuple(items)  # type: ignore[call-overload]
+    for k, item in enumerate(out):
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{where} field {name!r}: element {k} must be a non-empty item id, given {item!r}")
+    return out
+
+
+def validate_session(s: Session, where: str) -> None:
+    """Check the cross-field rules of one session; ``where`` (e.g. ``"sessions.parquet row 7"``) prefixes errors."""
+    if not isinstance(s.session_id, str) or not s.session_id:
+        raise ValueError(f"{where} field 'session_id': must be a non-empty string, given {s.session_id!r}")
+    if not isinstance(s.day, int) or s.day < 0:
+        raise ValueError(f"{where} field 'day': must be an integer >= 0, given {s.day!r}")
+    if not isinstance(s.user_id, str):
+        raise ValueError(f"{where} field 'user_id': must be a string, given {s.user_id!r}")
+    if not isinstance(s.query, str):
+        raise ValueError(f"{where} field 'query': must be a string (may be empty), given {s.query!r}")
+    for key, value in s.profile.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"{where} field 'profile': keys and values must be strings, given {key!r}: {value!r}")
+    for name in ("history", "exposed", "clicked", "ordered"):
+        _check_items(getattr(s, name), where, name)
+    clicked = set(s.clicked)
+    for item in s.ordered:
+        if item not in clicked:
+            raise ValueError(f"{where} field 'ordered': item {item!r} is not in 'clicked' (orders ⊆ clicks)")
+    if s.exposed:
+        exposed = set(s.exposed)
+        for item in s.clicked:
+            if item not in exposed:
+                raise ValueError(f"{where} field 'clicked': item {item!r} is not in 'exposed' (clicks ⊆ exposures)")
+    if (s.relevant is None) != (s.relevant_grades is None):
+        raise ValueError(f"{where} field 'relevant_grades': 'relevant' and 'relevant_grades' come together")
+    if s.relevant is not None and s.relevant_grades is not None:
+        _check_items(s.relevant, where, "relevant")
+        if len(s.relevant) != len(s.relevant_grades):
+            raise ValueError(
+                f"{where} field 'relevant_grades': length {len(s.relevant_grades)} != length of 'relevant' "
+                f"{len(s.relevant)}"
+            )
+        for k, g in enumerate(s.relevant_grades):
+            if g is None or int(g) < 1:
+                raise ValueError(f"{where} field 'relevant_grades': element {k} must be an integer >= 1, given {g!r}")
+
+
+def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column type reads as ``want`` (any integer width, large strings/lists accepted)."""
+    if got == want:
+        return True
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(got)
+    if pa.types.is_string(want):
+        return pa.types.is_string(got) or pa.types.is_large_string(got)
+    if pa.types.is_list(want):
+        return pa.types.is_list(got) or pa.types.is_large_list(got)
+    return pa.types.is_map(want) and pa.types.is_map(got)
+
+
+def _check_columns(schema: pa.Schema, where: str) -> bool:
+    """Check column presence and types; returns whether the truth columns are present."""
+    for f in BASE_FIELDS:
+        if f.name not in schema.names:
+            raise ValueError(f"{where}: missing column {f.name!r} (required: {[x.name for x in BASE_FIELDS]})")
+    present = [f.name in schema.names for f in TRUTH_FIELDS]
+    if any(present) and not all(present):
+        raise ValueError(f"{where}: columns 'relevant' and 'relevant_grades' must both be present or both absent")
+    for f in (*BASE_FIELDS, *(TRUTH_FIELDS if all(present) else ())):
+        got = schema.field(f.name).type
+        if not _compatible(got, f.type):
+            raise ValueError(f"{where}: column {f.name!r} must be {f.type}, given {got}")
+    return all(present)
+
+
+def sessions_from_batch(batch: pa.RecordBatch, where: str, row_offset: int = 0) -> list[Session]:
+    """Validated :class:`Session` objects of one record batch; errors name ``where`` and the absolute row."""
+    truth = _check_columns(batch.schema, where)
+    cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+    out: list[Session] = []
+    for i in range(batch.num_rows):
+        row_where = f"{where} row {row_offset + i}"
+        for f in (*BASE_FIELDS, *(TRUTH_FIELDS if truth else ())):
+            if cols[f.name][i] is None:
+                raise ValueError(f"{row_where} field {f.name!r}: must not be null")
+        profile_raw = cols["profile"][i]
+        profile = dict(profile_raw) if not isinstance(profile_raw, dict) else profile_raw
+        s = Session(
+            session_id=cols["session_id"][i],
+            day=cols["day"][i],
+            user_id=cols["user_id"][i],
+            query=cols["query"][i],
+            profile=profile,
+            history=_check_items(cols["history"][i], row_where, "history"),
+            exposed=_check_items(cols["exposed"][i], row_where, "exposed"),
+            clicked=_check_items(cols["clicked"][i], row_where, "clicked"),
+            ordered=_check_items(cols["ordered"][i], row_where, "ordered"),
+            relevant=tuple(cols["relevant"][i]) if truth else None,
+            relevant_grades=tuple(cols["relevant_grades"][i]) if truth else None,
+        )
+        validate_session(s, row_where)
+        out.append(s)
+    return out
+
+
+def sessions_to_batch(sessions: Sequence[Session], with_truth: bool) -> pa.RecordBatch:
+    """One record batch of ``sessions`` (validated first) in :data:`SESSION_SCHEMA` or the truth schema."""
+    for k, s in enumerate(sessions):
+        validate_session(s, f"session {k} ({s.session_id!r})")
+        if with_truth and not s.has_truth:
+            raise ValueError(f"session {k} field 'relevant': writer expects ground truth, given None")
+    schema = SESSION_TRUTH_SCHEMA if with_truth else SESSION_SCHEMA
+    arrays = [
+        pa.array([s.session_id for s in sessions], pa.string()),
+        pa.array([s.day for s in sessions], pa.int32()),
+        pa.array([s.user_id for s in sessions], pa.string()),
+        pa.array([s.query for s in sessions], pa.string()),
+        pa.array([sorted(s.profile.items()) for s in sessions], pa.map_(pa.string(), pa.string())),
+        pa.array([list(s.history) for s in sessions], _LIST_STR),
+        pa.array([list(s.exposed) for s in sessions], _LIST_STR),
+        pa.array([list(s.clicked) for s in sessions], _LIST_STR),
+        pa.array([list(s.ordered) for s in sessions], _LIST_STR),
+    ]
+    if with_truth:
+        arrays.append(pa.array([list(s.relevant or ()) for s in sessions], _LIST_STR))
+        arrays.append(pa.array([list(s.relevant_grades or ()) for s in sessions], pa.list_(pa.int32())))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def sessions_have_truth(path: str | Path) -> bool:
+    """Whether a sessions file carries the simulator's truth columns (checks the schema only)."""
+    return _check_columns(pq.read_schema(path), str(path))
+
+
+def iter_session_batches(path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[Session]]:
+    """Stream validated sessions from a Parquet file, ``batch_size`` rows at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, given {batch_size}")
+    where = str(path)
+    pf = pq.ParquetFile(path)
+    _check_columns(pf.schema_arrow, where)
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        sessions = sessions_from_batch(batch, where, offset)
+        offset += batch.num_rows
+        yield sessions
+
+
+def read_sessions(path: str | Path) -> list[Session]:
+    """All sessions of a file (small files and tests; large files: :func:`iter_session_batches`)."""
+    return [s for batch in iter_session_batches(path) for s in batch]
+
+
+def read_days(path: str | Path) -> list[int]:
+    """The ``day`` column alone (cheap: one column is read), e.g. to find the last day before a split."""
+    return [int(d) for d in pq.read_table(path, columns=["day"]).column("day").to_pylist()]
+
+
+class SessionWriter:
+    """Append sessions batch by batch; the file appears at ``path`` only when the writer closes without error."""
+
+    def __init__(self, path: str | Path, with_truth: bool) -> None:
+        self.path = Path(path)
+        self.with_truth = with_truth
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        schema = SESSION_TRUTH_SCHEMA if with_truth else SESSION_SCHEMA
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
+
+    def write(self, sessions: Sequence[Session]) -> None:
+        if self._writer is None:
+            raise ValueError(f"writer for {self.path} is closed")
+        if sessions:
+            self._writer.write_batch(sessions_to_batch(sessions, self.with_truth))
+            self.rows += len(sessions)
+
+    def close(self, ok: bool = True) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        if ok:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(ok=exc_type is None)
+
+
+def write_sessions(sessions: Sequence[Session], path: str | Path, with_truth: bool | None = None) -> None:
+    """Write a list of sessions at once (atomic). ``with_truth`` defaults to whether the first session has it."""
+    truth = bool(sessions and sessions[0].has_truth) if with_truth is None else with_truth
+    with SessionWriter(path, truth) as w:
+        w.write(sessions)
