@@ -1,0 +1,305 @@
+"""An asyncio micro-batcher in front of one engine: admission control, batching, deadlines, cancellation.
+
+Contract (serving.md "Batching" and "Bounded everything"):
+1. ``admit(request, deadline)`` is synchronous: it checks the queue bounds (requests and beam rows) and counts the
+   request in the same step, so a burst can never pass the check and then all be counted; over a bound it raises
+   :class:`QueueFull` (→ 503). ``retrieve`` = ``admit`` + ``wait``.
+2. The dispatcher takes the queue's head and waits at most ``max_wait_s`` after that *first* request was queued
+   (Ray Serve semantics) for more, or less if the batch fills first; when the engine was busy the head has usually
+   waited already and the batch goes at once with whatever queued meanwhile.
+3. A batch is capped by ``max_batch_requests`` and by the beam-row budget ``max_batch_rows`` (Σ beam widths);
+   requests are taken first in, first out (the first that does not fit starts the next batch).
+4. Cancelled requests (the waiter was cancelled: client disconnect) are removed from the queue at once;
+   expired ones (deadline passed) are dropped when the dispatcher meets them; neither reaches the engine.
+5. The engine's ``retrieve_batch`` runs in one dedicated worker thread (it owns the device), never on the event
+   loop, one batch at a time.
+6. ``wait`` raises :class:`DeadlineExceeded` at the deadline (→ 504) even if the batch is still running;
+   an engine exception is re-raised in every waiter of that batch (→ 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from decoding.engine import RetrievalRequest, RetrievalResult
+from server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+RunBatch = Callable[[Sequence[RetrievalRequest]], list[RetrievalResult]]
+DEAD_AFTER_FAILURES = 3
+ENGINE_PHASES = ("prefill", "decode", "masking", "finalize")  # timings keys observed per phase (seconds)
+
+
+class QueueFull(Exception):
+    """Admission refused; ``reason`` is ``queue_full`` or ``queue_rows_full``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its result was ready."""
+
+
+class BatcherClosed(Exception):
+    """The batcher stopped before the request was served."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_wait_s: float = 0.005
+    max_batch_requests: int = 16
+    max_batch_rows: int = 1024
+    max_queue_requests: int = 64
+    max_queue_rows: int = 8192
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_wait_s <= 10.0:
+            raise ValueError(f"max_wait_s must be in [0, 10], given {self.max_wait_s}")
+        for name in ("max_batch_requests", "max_batch_rows", "max_queue_requests", "max_queue_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, given {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """A request's result plus where its time went."""
+
+    result: RetrievalResult
+    queue_seconds: float
+    engine_seconds: float
+    batch_requests: int
+    batch_rows: int
+
+
+@dataclass(eq=False)
+class Job:
+    request: RetrievalRequest
+    deadline: float  # time.monotonic() seconds
+    enqueued: float
+    future: asyncio.Future[BatchOutcome]
+    queued: bool = True
+    dropped: bool = False
+    started: float = field(default=0.0)
+
+    @property
+    def rows(self) -> int:
+        return self.request.beam_width
+
+
+class MicroBatcher:
+    """Feeds one engine from an asyncio queue; see the module docstring for the contract."""
+
+    def __init__(self, run_batch: RunBatch, cfg: BatcherConfig, metrics: ServerMetrics | None = None,
+                 engine_name: str = "engine") -> None:
+        self._run_batch = run_batch
+        self.cfg = cfg
+        self._metrics = metrics
+        self._engine_name = engine_name
+        self._queue: collections.deque[Job] = collections.deque()
+        self._queued_rows = 0
+        self._changed = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._consecutive_failures = 0
+        self._closing = False
+        self.batches_run = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("batcher already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radgr-engine")
+        self._task = asyncio.create_task(self._dispatch_forever(), name="radgr-batcher")
+
+    async def stop(self) -> None:
+        """Stop dispatching, fail what is still queued with :class:`BatcherClosed`, wait for the running batch."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._queue:
+            job = self._queue.popleft()
+            self._unqueue(job)
+            if not job.future.done():
+                job.future.set_exception(BatcherClosed("the server is shutting down"))
+        self._publish()
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    @property
+    def alive(self) -> bool:
+        """False once the dispatcher died or the engine failed ``DEAD_AFTER_FAILURES`` batches in a row."""
+        return (self._task is not None and not self._task.done()
+                and self._consecutive_failures < DEAD_AFTER_FAILURES)
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    # -- admission and waiting -------------------------------------------------------------------------------
+    def admit(self, request: RetrievalRequest, deadline: float) -> Job:
+        """Check the bounds and count the request, in one synchronous step."""
+        if self._closing or self._task is None:
+            raise BatcherClosed("the batcher is not running")
+        if len(self._queue) + 1 > self.cfg.max_queue_requests:
+            raise QueueFull("queue_full", f"queue is full ({self.cfg.max_queue_requests} requests)")
+        if self._queued_rows + request.beam_width > self.cfg.max_queue_rows:
+            raise QueueFull("queue_rows_full", f"queue is full ({self.cfg.max_queue_rows} beam rows)")
+        job = Job(request, deadline, time.monotonic(), asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self._queued_rows += job.rows
+        self._publish()
+        self._changed.set()
+        return job
+
+    async def wait(self, job: Job) -> BatchOutcome:
+        """The job's outcome; on cancellation (client disconnect) or deadline the job is dropped."""
+        try:
+            done, _ = await asyncio.wait({job.future}, timeout=max(0.0, job.deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            self._drop(job, "client_disconnect")
+            raise
+        if not done:
+            self._drop(job, "deadline")
+            raise DeadlineExceeded("the request's deadline passed")
+        return job.future.result()
+
+    async def retrieve(self, request: RetrievalRequest, deadline: float) -> BatchOutcome:
+        return await self.wait(self.admit(request, deadline))
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _unqueue(self, job: Job) -> None:
+        if job.queued:
+            job.queued = False
+            self._queued_rows -= job.rows
+
+    def _drop(self, job: Job, reason: str) -> None:
+        if job.dropped or (job.future.done() and not job.queued):
+            return
+        job.dropped = True
+        if job.queued:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+            self._unqueue(job)
+            self._publish()
+        if not job.future.done():
+            job.future.cancel()
+        if self._metrics is not None:
+            self._metrics.cancellations.labels(reason=reason).inc()
+
+    def _publish(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_requests.set(len(self._queue))
+            self._metrics.queue_rows.set(self._queued_rows)
+
+    def _batch_is_full(self) -> bool:
+        n, rows = 0, 0
+        for job in self._queue:
+            if n + 1 > self.cfg.max_batch_requests or rows + job.rows > self.cfg.max_batch_rows:
+                return True
+            n, rows = n + 1, rows + job.rows
+        return n >= self.cfg.max_batch_requests or rows >= self.cfg.max_batch_rows
+
+    def _take_batch(self) -> list[Job]:
+        now = time.monotonic()
+        batch: list[Job] = []
+        rows = 0
+        while self._queue:
+            job = self._queue[0]
+            if job.deadline <= now:
+                self._queue.popleft()
+                self._unqueue(job)
+                if not job.future.done():
+                    job.future.set_exception(DeadlineExceeded("the request's deadline passed in the queue"))
+                job.dropped = True
+                if self._metrics is not None:
+                    self._metrics.cancellations.labels(reason="deadline").inc()
+                continue
+            if len(batch) + 1 > self.cfg.max_batch_requests or rows + job.rows > self.cfg.max_batch_rows:
+                break
+            self._queue.popleft()
+            self._unqueue(job)
+            batch.append(job)
+            rows += job.rows
+        self._publish()
+        return batch
+
+    async def _dispatch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            wait_until = self._queue[0].enqueued + self.cfg.max_wait_s
+            while self._queue and not self._batch_is_full():
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            batch = self._take_batch()
+            if batch:
+                await self._run(loop, batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
+        assert self._executor is not None
+        rows = sum(job.rows for job in batch)
+        started = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.batch_requests.observe(len(batch))
+            self._metrics.batch_rows.observe(rows)
+            self._metrics.inflight_rows.set(rows)
+            for job in batch:
+                self._metrics.queue_wait.observe(started - job.enqueued)
+        for job in batch:
+            job.started = started
+        requests = [job.request for job in batch]
+        t0 = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, requests)
+            if len(results) != len(batch):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} requests")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._consecutive_failures += 1
+            logger.exception("engine batch failed (%d in a row)", self._consecutive_failures)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        finally:
+            if self._metrics is not None:
+                self._metrics.inflight_rows.set(0)
+        engine_s = time.perf_counter() - t0
+        self._consecutive_failures = 0
+        self.batches_run += 1
+        if self._metrics is not None:
+            self._metrics.engine_time.labels(phase="total", engine=self._engine_name).observe(engine_s)
+            phases: dict[str, float] = {}
+            for res in results:
+                for phase, seconds in res.timings.items():
+                    if phase in ENGINE_PHASES:
+                        phases[phase] = max(phases.get(phase, 0.0), float(seconds))
+            for phase, seconds in phases.items():
+                self._metrics.engine_time.labels(phase=phase, engine=self._engine_name).observe(seconds)
+        for job, res in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(BatchOutcome(res, job.started - job.enqueued, engine_s, len(batch), rows))

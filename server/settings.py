@@ -1,0 +1,69 @@
+"""Server settings (pydantic-settings): every bound the server enforces, read from ``RADGR_*`` environment
+variables or given explicitly.
+
+Contract:
+- ``ServerSettings()`` reads ``RADGR_BUNDLE``, ``RADGR_HOST``, ``RADGR_PORT``, ... (field name upper-cased with the
+  ``RADGR_`` prefix); the API key comes only from the environment (``RADGR_API_KEY``), never from argv.
+- Validation names the field and the bound (``max_batch_rows must be >= 128 (the largest beam), given 64``).
+- ``load_settings()`` is the cached default read (one per process); the app keeps its own instance and routes
+  reach it through a dependency, never a module global.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from decoding.engine import MAX_BEAM_WIDTH
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+class ServerSettings(BaseSettings):
+    """How one ``radgr serve`` process runs; defaults suit a CPU box with the tiny model."""
+
+    model_config = SettingsConfigDict(env_prefix="RADGR_", frozen=True, extra="ignore")
+
+    bundle: Path = Field(Path("bundle"), description="Bundle directory written by `radgr export`.")
+    host: str = Field(DEFAULT_HOST, description="Bind address; 127.0.0.1 unless told otherwise.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port (0 = any free port).")
+    api_key: SecretStr | None = Field(None, description="Bearer key for /retrieve (env RADGR_API_KEY only).")
+
+    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0,
+                               description="Longest wait after the first queued request before its batch runs.")
+    max_batch_requests: int = Field(16, ge=1, le=1024, description="Requests per engine batch.")
+    max_batch_rows: int = Field(1024, ge=1, le=65536, description="Beam-row budget per batch (sum of beam widths).")
+    max_queue_requests: int = Field(64, ge=1, le=100000, description="Queued requests before 503.")
+    max_queue_rows: int = Field(8192, ge=1, le=10_000_000, description="Queued beam rows before 503.")
+    request_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="Per-request deadline (504 past it).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest request body (413 above).")
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After value sent with every 503.")
+    drain_grace_s: float = Field(10.0, ge=0.0, le=600.0,
+                                 description="After SIGTERM: how long in-flight requests get to finish.")
+    warmup_beam_width: int = Field(MAX_BEAM_WIDTH, ge=1, le=MAX_BEAM_WIDTH,
+                                   description="Beam width of the start-up warm-up retrieval.")
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine (0 = leave).")
+    log_level: str = Field("info", description="uvicorn log level.")
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> ServerSettings:
+        if self.max_batch_rows < MAX_BEAM_WIDTH:
+            raise ValueError(f"max_batch_rows must be >= {MAX_BEAM_WIDTH} (the largest beam), "
+                             f"given {self.max_batch_rows}")
+        if self.max_queue_rows < MAX_BEAM_WIDTH:
+            raise ValueError(f"max_queue_rows must be >= {MAX_BEAM_WIDTH} (the largest beam), "
+                             f"given {self.max_queue_rows}")
+        if self.log_level not in {"critical", "error", "warning", "info", "debug", "trace"}:
+            raise ValueError(f"log_level must be one of critical/error/warning/info/debug/trace, "
+                             f"given {self.log_level!r}")
+        return self
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> ServerSettings:
+    """The process's settings from the environment, read once."""
+    return ServerSettings()
