@@ -80,5 +80,5 @@ def test_save_and_load_model_dir(tmp_path: Path) -> None:
 
 
 def test_load_model_names_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         load_model(tmp_path)

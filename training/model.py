@@ -80,7 +80,8 @@ def preset_config(preset: str, vocab_size: int, *, pad_token_id: int | None = No
         num_hidden_layers=p.num_hidden_layers, num_attention_heads=p.num_attention_heads,
         num_key_value_heads=p.num_key_value_heads, head_dim=p.head_dim,
         max_position_embeddings=p.max_position_embeddings, tie_word_embeddings=p.tie_word_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta}, rms_norm_eps=p.rms_norm_eps, attention_dropout=0.0,
+        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta}, rms_norm_eps=p.rms_norm_eps,
+        attention_dropout=0.0,
         pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None,
         attn_implementation="sdpa", dtype="float32",
     )

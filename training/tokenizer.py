@@ -56,7 +56,8 @@ def build_tokenizer(texts: Iterable[str], codebook_sizes: Sequence[int], vocab_s
 
     sizes = _validate_sizes(codebook_sizes)
     if vocab_size < len(SPECIAL_TOKENS) + 256:
-        raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS) + 256} (specials + 256 bytes), given {vocab_size}")
+        raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS) + 256} (specials + 256 bytes), "
+                         f"given {vocab_size}")
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be >= 1, given {min_frequency}")
     tk = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
