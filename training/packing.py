@@ -23,9 +23,10 @@ so every row has the same columns: the last prompt token at ``Pmax - 1`` and can
 :class:`CandidateScores`: per-token log-probs ``[B, Cmax, 4]`` (log-softmax over the full vocabulary), EOS hidden
 states ``[B, Cmax, H]`` and the validity mask ``[B, Cmax]`` (False for dummy candidates; their values are 0).
 
-``sequence_forward`` is the unpacked path of the pairwise baselines (each (prompt, candidate) pair its own row,
-left-padded, ordinary causal attention, ``logits_to_keep = 4``) and ``reference_scores`` the slow obviously-correct
-reference (one pair at a time, no padding, no custom mask); tests check all three agree to float tolerance.
+``pack_rows`` (then ``packed_forward``; together ``sequence_forward``) is the unpacked path of the pairwise
+baselines (each (prompt, candidate) pair its own row, left-padded, ordinary causal attention, ``logits_to_keep = 4``)
+and ``reference_scores`` the slow obviously-correct reference (one pair at a time, no padding, no custom mask);
+tests check all three agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class PackedBatch:
     """Model inputs and gather indices of packed sessions (shapes in the module docstring)."""
 
     input_ids: torch.Tensor  # int64 [B, L]
-    attention_mask: torch.Tensor  # float [B, 1, L, L], additive
+    attention_mask: torch.Tensor  # float [B, 1, L, L], additive (pack_sessions) or int64 [B, L] (pack_rows)
     position_ids: torch.Tensor  # int64 [B, L]
     predict_pos: torch.Tensor  # int64 [B, Cmax, 4]: sequence position whose logits predict candidate token t
     target_ids: torch.Tensor  # int64 [B, Cmax, 4]: the candidate's token ids (pad candidates: 0)
@@ -129,36 +130,24 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _scores_from_tail(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, keep: int,
-    predict_pos: torch.Tensor, target_ids: torch.Tensor, eos_pos: torch.Tensor, valid: torch.Tensor,
-) -> CandidateScores:
-    """Forward with logits for the last ``keep`` columns only; gather log-probs and EOS hidden states."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
+    """One forward pass over packed sessions (or ``pack_rows`` rows); gradients flow unless disabled."""
+    keep = BLOCK_LEN * batch.valid.shape[1] + 1
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 output_hidden_states=True, logits_to_keep=keep, use_cache=False)
-    bsz = predict_pos.shape[0]
-    first_kept = input_ids.shape[1] - keep
-    rows = torch.arange(bsz, device=input_ids.device)
-    logits = out.logits[rows[:, None, None], predict_pos - first_kept]  # [B, C, 4, V]
-    logps = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, target_ids[..., None]).squeeze(-1)
-    hidden = out.hidden_states[-1][rows[:, None], eos_pos]  # [B, C, H]
+    first_kept = batch.input_ids.shape[1] - keep
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    logits = out.logits[rows[:, None, None], batch.predict_pos - first_kept]  # [B, C, 4, V]
+    logps = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, batch.target_ids[..., None]).squeeze(-1)
+    hidden = out.hidden_states[-1][rows[:, None], batch.eos_pos]  # [B, C, H]
+    valid = batch.valid
     return CandidateScores(logps * valid[..., None], hidden * valid[..., None].to(hidden.dtype), valid)
 
 
-def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
-    """One forward pass over packed sessions; gradients flow unless the caller disables them."""
-    keep = BLOCK_LEN * batch.valid.shape[1] + 1
-    return _scores_from_tail(model, batch.input_ids, batch.attention_mask, batch.position_ids, keep,
-                             batch.predict_pos, batch.target_ids, batch.eos_pos, batch.valid)
-
-
-def sequence_forward(
-    model: Any, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad_id: int,
-) -> CandidateScores:
-    """Unpacked: row i is ``prompts[i] ‖ candidates[i][:3]``, left-padded, causal attention with a padding mask.
-
-    Returns scores with ``Cmax = 1`` (``[R, 1, 4]``): one candidate per row, as the pairwise baselines encode.
-    """
+def pack_rows(prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad_id: int) -> PackedBatch:
+    """Unpacked layout: row i is ``prompts[i] ‖ candidates[i][:3]``, left-padded, with a 2D padding mask (ordinary
+    causal attention) and ``Cmax = 1``; ``packed_forward`` scores it. This is how the pairwise baselines encode
+    every (prompt, candidate) of a pair on its own."""
     if len(prompts) != len(candidates):
         raise ValueError(f"prompts and candidates must have the same length, given {len(prompts)}, {len(candidates)}")
     if len(prompts) == 0:
@@ -179,8 +168,14 @@ def sequence_forward(
     predict_pos = torch.arange(width - CANDIDATE_LEN, width)[None, None].expand(rows, 1, CANDIDATE_LEN).clone()
     eos_pos = torch.full((rows, 1), width - 1)
     valid = torch.ones((rows, 1), dtype=torch.bool)
-    return _scores_from_tail(model, input_ids, attn, position_ids, CANDIDATE_LEN, predict_pos, target_ids, eos_pos,
-                             valid)
+    return PackedBatch(input_ids, attn, position_ids, predict_pos, target_ids, eos_pos, valid)
+
+
+def sequence_forward(
+    model: Any, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad_id: int,
+) -> CandidateScores:
+    """Score each (prompt, candidate) row on its own (``pack_rows`` then ``packed_forward``): ``[R, 1, 4]``."""
+    return packed_forward(model, pack_rows(prompts, candidates, pad_id))
 
 
 @torch.no_grad()
