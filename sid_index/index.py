@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,14 +270,21 @@ class SidIndex:
         return parse_sid_string(self.sid_of_item(item_id))
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the index to ``directory`` atomically (temporary sibling, then rename; replaces an old index)."""
+    def save(self, directory: str | os.PathLike[str], extra_json: Mapping[str, Any] | None = None) -> Path:
+        """Write the index to ``directory`` atomically (temporary sibling, then rename; replaces an old index).
+
+        ``extra_json`` maps further file names (e.g. ``"stats.json"``) to JSON-ready objects written and checksummed
+        with the index; :meth:`load` verifies them but does not need them."""
         target = Path(directory)
+        extra = dict(extra_json or {})
+        for name in extra:
+            if not name.endswith(".json") or "/" in name or name in (MANIFEST, *_JSON_FILES):
+                raise ValueError(f"extra_json file names must be new plain *.json names, given {name!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            self._write_files(tmp)
+            self._write_files(tmp, extra)
             if target.exists():
                 old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
                 target.rename(old)
@@ -290,7 +297,7 @@ class SidIndex:
             raise
         return target
 
-    def _write_files(self, out: Path) -> None:
+    def _write_files(self, out: Path, extra: dict[str, Any]) -> None:
         cat_values = sorted(set(self.item_category))
         cat_pos = {c: i for i, c in enumerate(cat_values)}
         arrays = {
@@ -317,8 +324,10 @@ class SidIndex:
         (out / "categories.json").write_text(json.dumps(cat_values, ensure_ascii=False))
         self._item_trie.save(str(out / "item_ids.marisa"))
         self._sid_trie.save(str(out / "sid_strings.marisa"))
+        for name, obj in extra.items():
+            (out / name).write_text(json.dumps(obj, indent=2, sort_keys=True))
         files = {}
-        for name in (*_ARRAY_FILES, *_JSON_FILES, *_TRIE_FILES):
+        for name in (*_ARRAY_FILES, *_JSON_FILES, *_TRIE_FILES, *extra):
             p = out / name
             files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
         manifest = {
@@ -357,7 +366,11 @@ class SidIndex:
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"manifest codebook_sizes is invalid: {exc}") from exc
         files = manifest.get("files", {})
-        for name in (*_ARRAY_FILES, *_JSON_FILES, *_TRIE_FILES):
+        if not isinstance(files, dict):
+            raise IndexFormatError("manifest files must be an object {name: {sha256, bytes}}")
+        for name in dict.fromkeys((*_ARRAY_FILES, *_JSON_FILES, *_TRIE_FILES, *files)):
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise IndexFormatError(f"manifest names a file outside the index directory: {name!r}")
             p = d / name
             if not p.is_file():
                 raise IndexFormatError(f"index file {name!r} is missing in {str(d)!r}")
