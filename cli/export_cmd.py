@@ -1,15 +1,80 @@
-"""radgr export, radgr bundle verify (placeholder until its issue lands)."""
+"""``radgr export`` and ``radgr bundle verify`` — turn a trained checkpoint into a servable bundle, check one.
+
+- ``radgr export --checkpoint RUN_DIR/final --index INDEX_DIR --samples SAMPLES_DIR --out BUNDLE
+  [--metrics eval.json] [--name NAME] [--overwrite]``: writes the bundle atomically and verifies it.
+- ``radgr bundle verify BUNDLE``: every check of :func:`decoding.bundle.verify_bundle`; prints a summary.
+Exit codes: 0 ok, 1 the bundle (or its inputs) is inconsistent (the message says which check and file).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
 
 
-def export_command() -> int:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def _summary(manifest: dict) -> Table:  # type: ignore[type-arg]
+    table = Table(title=f"bundle {manifest['name']}")
+    table.add_column("field")
+    table.add_column("value")
+    prov = manifest["provenance"]
+    table.add_row("format", f"{manifest['format']} v{manifest['format_version']}")
+    table.add_row("prompt version", str(manifest["prompt"]["version"]))
+    table.add_row("method / steps", f"{prov.get('method')} / {prov.get('steps')}")
+    table.add_row("SIDs / items", f"{manifest['index']['num_sids']:,} / {manifest['index']['num_items']:,}")
+    levels = manifest["sid_layout"]["levels"]
+    table.add_row("SID tokens", ", ".join(f"L{lv['level']}: {lv['size']} @ {lv['offset']}" for lv in levels))
+    table.add_row("files (sha256 checked)", str(len(manifest["files"])))
+    metrics = prov.get("metrics") or {}
+    if metrics:
+        shown = [f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, int | float)][:6]
+        table.add_row("metrics", ", ".join(shown) or "(nested)")
+    return table
 
 
-def verify_command() -> int:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def export_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained model directory, e.g. RUN_DIR/final."),
+    index: Path = typer.Option(..., "--index", help="SID index directory the model was trained with."),
+    samples: Path = typer.Option(..., "--samples", help="Samples directory (holds query_categorizer.json)."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write (atomically)."),
+    metrics: Path | None = typer.Option(None, "--metrics", help="Evaluation JSON to record in the manifest."),
+    name: str | None = typer.Option(None, "--name", help="Model name reported by the server."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle."),
+) -> int:
+    """Export a checkpoint and its SID index as a servable bundle."""
+    from decoding.bundle import BundleError, read_manifest
+    from training.export import ExportConfig, export_bundle
+
+    try:
+        cfg = ExportConfig(checkpoint=checkpoint, index_dir=index, samples_dir=samples, out=out,
+                           metrics_path=metrics, name=name, overwrite=overwrite)
+        with console.status("exporting bundle"):
+            path = export_bundle(cfg)
+    except (BundleError, ValueError) as exc:
+        err_console.print(f"[red]export failed:[/red] {exc}")
+        return 1
+    console.print(_summary(read_manifest(path)))
+    console.print(f"bundle written and verified: {path}")
+    return 0
+
+
+def verify_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+) -> int:
+    """Check a bundle's files, checksums, tokenizer SID tokens and index."""
+    from decoding.bundle import BundleError, verify_bundle
+
+    try:
+        with console.status("verifying bundle"):
+            manifest = verify_bundle(bundle)
+    except BundleError as exc:
+        err_console.print(f"[red]bundle {bundle} is invalid:[/red] {exc}")
+        return 1
+    console.print(_summary(manifest))
+    console.print(f"bundle {bundle}: OK")
+    return 0

@@ -104,13 +104,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def pinned_generation_config(eos_id: int, pad_id: int | None, beam_width: int = MAX_BEAM_WIDTH) -> dict[str, Any]:
-    """Every decoding parameter of SID beam search, explicit, so no library default leaks in."""
+    """Every decoding parameter of SID beam search, explicit, so no library default leaks in (the same values
+    ``training.model.pinned_generation_config`` writes; a test checks ``GenerationConfig`` accepts them strictly)."""
     return {
         "num_beams": beam_width, "num_return_sequences": beam_width, "max_new_tokens": NUM_LEVELS,
         "min_new_tokens": NUM_LEVELS, "do_sample": False, "length_penalty": 0.0, "early_stopping": True,
-        "temperature": 1.0, "top_k": None, "top_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-        "num_beam_groups": 1, "diversity_penalty": 0.0, "output_scores": True, "return_dict_in_generate": True,
-        "use_cache": True, "eos_token_id": int(eos_id), "pad_token_id": int(pad_id if pad_id is not None else eos_id),
+        "temperature": None, "top_k": None, "top_p": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+        "num_beam_groups": 1, "diversity_penalty": 0.0, "renormalize_logits": False, "use_cache": True,
+        "output_scores": False, "return_dict_in_generate": False, "bos_token_id": None,
+        "eos_token_id": int(eos_id), "pad_token_id": int(pad_id if pad_id is not None else eos_id),
     }
 
 
@@ -158,6 +160,12 @@ def _vocab_against_index(tokenizer: Any, index: SidIndex, vocab_size: int, where
     except ValueError as exc:
         raise BundleError(f"tokenizer SID tokens disagree with the index codebooks {tuple(index.codebook_sizes)} "
                           f"({where}): {exc}") from exc
+    known = tokenizer.get_vocab()
+    for level, size in enumerate(vocab.sizes):
+        if sid_token(level, size) in known:
+            raise BundleError(f"tokenizer SID tokens disagree with the index codebooks {tuple(index.codebook_sizes)} "
+                              f"({where}): the tokenizer has {sid_token(level, size)}, beyond level {level}'s "
+                              f"{size} codes")
     last = max(o + s for o, s in zip(vocab.offsets, vocab.sizes, strict=True)) - 1
     if last >= vocab_size or vocab.eos_id >= vocab_size:
         raise BundleError(f"model vocab_size {vocab_size} must exceed every SID token id and eos id "
