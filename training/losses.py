@@ -162,8 +162,8 @@ def simpo_loss(chosen_token_logps: torch.Tensor, rejected_token_logps: torch.Ten
 
 @dataclass(frozen=True)
 class OrpoLoss(PairLoss):
-    nll: torch.Tensor  # [P]
-    odds_ratio_loss: torch.Tensor  # [P]
+    nll: torch.Tensor  # [P], detached (logging)
+    odds_ratio_loss: torch.Tensor  # [P], detached (logging)
 
 
 def orpo_loss(chosen_token_logps: torch.Tensor, rejected_token_logps: torch.Tensor, cfg: OrpoConfig) -> OrpoLoss:
@@ -179,7 +179,7 @@ def orpo_loss(chosen_token_logps: torch.Tensor, rejected_token_logps: torch.Tens
     log_odds_r = mean_r - log1mexp(mean_r)
     ratio = -F.logsigmoid(log_odds_c - log_odds_r)
     nll = -mean_c
-    return OrpoLoss(nll + cfg.lam * ratio, log_odds_c.detach(), log_odds_r.detach(), nll, ratio)
+    return OrpoLoss(nll + cfg.lam * ratio, log_odds_c.detach(), log_odds_r.detach(), nll.detach(), ratio.detach())
 
 
 # ------------------------------------------------------------------------------------------------- RAD-DPO
@@ -213,7 +213,8 @@ def global_contrast_loss(
 class RadDpoTerms:
     """RAD-DPO's outputs. ``loss`` is the scalar to optimise; the rest is for logging (detached)."""
 
-    loss: torch.Tensor  # scalar
+    loss: torch.Tensor  # scalar: per_session.mean()
+    per_session: torch.Tensor  # [B]: λ_sft·L_SFT + λ_pref·L_pref of each session (with gradient)
     sft: torch.Tensor  # [B]
     pref: torch.Tensor  # [B]
     top_reward: torch.Tensor  # [B]
@@ -233,7 +234,8 @@ def rad_dpo_loss(
 ) -> RadDpoTerms:
     """RAD-DPO = MLGC + TLGD + RDRW (method.md §3):
 
-    L = λ_sft·L_SFT + λ_pref·L_pref, averaged over sessions (L_pref over sessions that have a negative).
+    L = λ_sft·L_SFT + λ_pref·L_pref per session, averaged over sessions (L_pref = 0 for a session without a
+    usable negative).
 
     Shapes: ``pos_token_logps [B, P, T]``, ``pos_valid [B, P]``, ``top_index [B]`` (index of y* among the
     positives), ``neg_token_logps [B, N, T]``, ``neg_valid [B, N]``, ``prefix_len [B, N]`` (shared SID prefix of
@@ -252,7 +254,6 @@ def rad_dpo_loss(
         used = used & (prefix_len < 3)
     log_w = torch.log(neg_weights.detach().clamp(min=1e-12)) if cfg.rdrw else torch.zeros_like(neg_rewards)
     pref = global_contrast_loss(top_reward, neg_rewards, log_w, used, cfg.gamma)
-    has_neg = used.any(dim=-1)
-    pref_mean = (pref * has_neg).sum() / has_neg.sum().clamp(min=1)
-    loss = cfg.lambda_sft * sft.mean() + cfg.lambda_pref * pref_mean
-    return RadDpoTerms(loss, sft.detach(), pref.detach(), top_reward.detach(), neg_rewards.detach(), used)
+    per_session = cfg.lambda_sft * sft + cfg.lambda_pref * pref
+    return RadDpoTerms(per_session.mean(), per_session, sft.detach(), pref.detach(), top_reward.detach(),
+                       neg_rewards.detach(), used)

@@ -1,0 +1,412 @@
+"""Preference alignment from an SFT checkpoint: DPO, SimPO, ORPO (pairwise) and RAD-DPO (packed).
+
+Command: ``radgr train align --method dpo|simpo|orpo|rad-dpo [--no-tlgd --no-rdrw --no-ml-sft]
+--sft RUN_DIR/final --samples DIR --out RUN_DIR [--resume --max-steps N --batch-size B --lr LR --seed S
+--save-steps K]``
+
+Contract
+--------
+- Data: ``samples/train.parquet`` (``training.data.samples.read_samples``). Sessions with at least one positive and
+  one negative are used; prompts are encoded with ``decoding.prompt.encode_prompt`` by the SFT run's tokenizer;
+  candidates are ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS).
+- One **unit** of the loss (the engine's accumulation-exact average, ``training.train_common``) is a *pair* for the
+  baselines and a *session* for RAD-DPO. ``--batch-size`` counts sessions for every method; a baseline's batch is
+  those sessions' pairwise decomposition (``pairwise_pairs``: every (y⁺, y⁻), each side encoded separately as
+  its own row, as the paper's baselines do), so all methods see the same sessions per step.
+- DPO loads a second, frozen copy of the SFT checkpoint as the reference (no gradient, eval mode). SimPO, ORPO and
+  RAD-DPO are reference-free.
+- RAD-DPO packs each session into one row (``training.packing``), computes MLGC (+ TLGD, + RDRW unless switched
+  off) with ``training.losses.rad_dpo_loss``; RDRW weights come from ``training.rdrw.RdrwState`` whose window and
+  quartiles are saved with every checkpoint (the engine's extra state) and restored on ``--resume``.
+- Logged per step (``RUN_DIR/train_log.json``): the loss and its terms, reward margins, the share of pairs whose
+  negative shares the first / first two SID tokens with the positive, RDRW quartiles and mean weight, and with
+  simulated truth the mean weight (and similarity) of truly relevant negatives (pseudo-negatives) vs irrelevant ones.
+- Output: ``RUN_DIR/final/`` = HF model dir like SFT's (tokenizer copied) with ``radgr_train.json`` holding the
+  method, the ablation switches, every loss config and the SFT checkpoint's own provenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from decoding.prompt import PROMPT_VERSION, encode_prompt
+from decoding.sid_vocab import SidVocab
+from training.losses import (
+    DpoConfig,
+    OrpoConfig,
+    RadDpoConfig,
+    SimpoConfig,
+    dpo_loss,
+    orpo_loss,
+    rad_dpo_loss,
+    sequence_logps,
+    shared_prefix_len,
+    simpo_loss,
+)
+from training.packing import BLOCK_LEN, PackedBatch, pack_rows, pack_sessions, packed_forward
+from training.rdrw import RdrwConfig, RdrwState, pair_similarity
+from training.train_common import LABEL_KEY, UNITS_KEY, RadgrTrainer, TrainConfig, last_checkpoint, run_callbacks
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("dpo", "simpo", "orpo", "rad-dpo")
+_PACKED_KEYS = ("input_ids", "attention_mask", "position_ids", "predict_pos", LABEL_KEY, "eos_pos", "valid")
+
+
+def default_align_train_config() -> TrainConfig:
+    """Alignment's optimisation defaults: one epoch, a 10× smaller learning rate than SFT's preset default."""
+    return TrainConfig(epochs=1.0, lr=1e-4, batch_size=8, save_steps=200, logging_steps=10, warmup_ratio=0.05)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Everything ``radgr train align`` needs; validated on construction (messages name the field)."""
+
+    method: str
+    sft_dir: Path
+    samples_dir: Path
+    out_dir: Path
+    train: TrainConfig = field(default_factory=default_align_train_config)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    simpo: SimpoConfig = field(default_factory=SimpoConfig)
+    orpo: OrpoConfig = field(default_factory=OrpoConfig)
+    rad: RadDpoConfig = field(default_factory=RadDpoConfig)
+    rdrw: RdrwConfig = field(default_factory=RdrwConfig)
+    resume: bool = False
+    limit: int | None = None  # use only the first N sessions (smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, given {self.method!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, given {self.limit}")
+        if self.method != "rad-dpo" and (not self.rad.tlgd or not self.rad.rdrw or not self.rad.ml_sft):
+            raise ValueError(f"--no-tlgd/--no-rdrw/--no-ml-sft are RAD-DPO ablations; method is {self.method!r}")
+
+    @property
+    def variant(self) -> str:
+        """A readable name: the method, plus the ablation for RAD-DPO (``rad-dpo-no-tlgd`` ...)."""
+        if self.method != "rad-dpo":
+            return self.method
+        off = [name for name, on in (("tlgd", self.rad.tlgd), ("rdrw", self.rad.rdrw), ("ml-sft", self.rad.ml_sft))
+               if not on]
+        return "rad-dpo" + "".join(f"-no-{o}" for o in off)
+
+
+# ---------------------------------------------------------------------------------------------- examples
+def encode_sessions(samples: Any, tokenizer: Any, vocab: SidVocab, max_length: int) -> list[dict[str, Any]]:
+    """One example dict per usable sample (≥ 1 positive and ≥ 1 negative); each distinct prompt tokenized once."""
+    cache: dict[str, list[int]] = {}
+    out: list[dict[str, Any]] = []
+    for row, s in enumerate(samples):
+        if s.prompt_version != PROMPT_VERSION:
+            raise ValueError(f"sample {row} has prompt_version {s.prompt_version!r}, this radgr renders "
+                             f"{PROMPT_VERSION!r}: rebuild the samples")
+        if not s.positive_codes or not s.negative_codes:
+            continue
+        for codes in (*s.positive_codes, *s.negative_codes):
+            for level, c in enumerate(codes):
+                if not 0 <= int(c) < vocab.sizes[level]:
+                    raise ValueError(f"sample {row}: code {c} at level {level} is outside [0, {vocab.sizes[level]})")
+        ids = cache.get(s.prompt)
+        if ids is None:
+            ids = encode_prompt(tokenizer, s.prompt)
+            if not ids:
+                raise ValueError(f"sample {row}: prompt encodes to no tokens")
+            if len(ids) + BLOCK_LEN > max_length:
+                raise ValueError(f"sample {row}: prompt + SID is {len(ids) + BLOCK_LEN} tokens, above "
+                                 f"max_position_embeddings {max_length}")
+            cache[s.prompt] = ids
+        relevant = s.negative_relevant
+        out.append({
+            "prompt_ids": ids,
+            "pos": [list(vocab.candidate_ids(c)) for c in s.positive_codes],
+            "pos_codes": [list(c) for c in s.positive_codes],
+            "top_index": int(s.top_index),
+            "neg": [list(vocab.candidate_ids(c)) for c in s.negative_codes],
+            "neg_codes": [list(c) for c in s.negative_codes],
+            "neg_relevant": [-1 if relevant is None else int(bool(r)) for r in
+                             (relevant if relevant is not None else [None] * len(s.negative_codes))],
+        })
+    return out
+
+
+class SessionDataset(Dataset):
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def _pad2(rows: list[list[Any]], fill: Any, dtype: torch.dtype) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows], dtype=dtype)
+
+
+def _packed_dict(batch: PackedBatch) -> dict[str, torch.Tensor]:
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
+            "predict_pos": batch.predict_pos, LABEL_KEY: batch.target_ids, "eos_pos": batch.eos_pos,
+            "valid": batch.valid}
+
+
+def _packed_from(inputs: dict[str, Any], prefix: str = "") -> PackedBatch:
+    return PackedBatch(*(inputs[prefix + k] for k in _PACKED_KEYS))
+
+
+@dataclass(frozen=True)
+class PackedSessionCollator:
+    """RAD-DPO batches: one packed row per session (positives then negatives) plus index tensors.
+
+    Keys: the packed tensors, ``pos_idx``/``pos_valid`` ``[B, Pmax]`` and ``neg_idx``/``neg_valid`` ``[B, Nmax]``
+    (candidate slots), ``top_index [B]``, ``prefix_len [B, Nmax]``, ``neg_relevant [B, Nmax]`` (1/0, −1 unknown),
+    ``num_units = B``.
+    """
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        packed = pack_sessions([f["prompt_ids"] for f in features], [f["pos"] + f["neg"] for f in features],
+                               self.pad_id)
+        out: dict[str, Any] = _packed_dict(packed)
+        npos = [len(f["pos"]) for f in features]
+        nneg = [len(f["neg"]) for f in features]
+        out["pos_idx"] = _pad2([list(range(p)) for p in npos], 0, torch.long)
+        out["pos_valid"] = _pad2([[True] * p for p in npos], False, torch.bool)
+        out["neg_idx"] = _pad2([list(range(p, p + n)) for p, n in zip(npos, nneg, strict=True)], 0, torch.long)
+        out["neg_valid"] = _pad2([[True] * n for n in nneg], False, torch.bool)
+        out["top_index"] = torch.tensor([f["top_index"] for f in features], dtype=torch.long)
+        top = torch.tensor([f["pos_codes"][f["top_index"]] for f in features], dtype=torch.long)
+        neg_codes = _pad2([f["neg_codes"] for f in features], [-1, -1, -1], torch.long)
+        out["prefix_len"] = shared_prefix_len(top, neg_codes)
+        out["neg_relevant"] = _pad2([f["neg_relevant"] for f in features], -1, torch.long)
+        out[UNITS_KEY] = len(features)
+        return out
+
+
+@dataclass(frozen=True)
+class PairCollator:
+    """Baseline batches: the pairwise decomposition of the sessions, chosen rows then rejected rows, each row a
+    separately encoded (prompt, candidate). Keys ``c_*``/``r_*`` (two row batches), ``prefix_len [P]``,
+    ``neg_relevant [P]``, ``num_units = P`` pairs."""
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts, chosen, rejected, prefix, relevant = [], [], [], [], []
+        for f in features:
+            for i in range(len(f["pos"])):  # = training.data.samples.pairwise_pairs order: (i, j) row-major
+                for j in range(len(f["neg"])):
+                    prompts.append(f["prompt_ids"])
+                    chosen.append(f["pos"][i])
+                    rejected.append(f["neg"][j])
+                    prefix.append(_lcp(f["pos_codes"][i], f["neg_codes"][j]))
+                    relevant.append(f["neg_relevant"][j])
+        out: dict[str, Any] = {}
+        for key, batch in (("c_", pack_rows(prompts, chosen, self.pad_id)), ("r_", pack_rows(prompts, rejected,
+                                                                                                self.pad_id))):
+            out.update({key + k: v for k, v in _packed_dict(batch).items()})
+        out[LABEL_KEY] = out["c_" + LABEL_KEY]
+        out["prefix_len"] = torch.tensor(prefix, dtype=torch.long)
+        out["neg_relevant"] = torch.tensor(relevant, dtype=torch.long)
+        out[UNITS_KEY] = len(prompts)
+        return out
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=True):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+class AlignTrainer(RadgrTrainer):
+    """One trainer for the four methods; the loss is a ``match`` on ``cfg.method``."""
+
+    def __init__(self, *args: Any, align_cfg: AlignConfig, ref_model: torch.nn.Module | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.align_cfg = align_cfg
+        self.ref_model = ref_model
+        if self.ref_model is not None:
+            self.ref_model.to(self.args.device)
+        self.rdrw = RdrwState(align_cfg.rdrw) if align_cfg.method == "rad-dpo" and align_cfg.rad.rdrw else None
+
+    # -- RDRW state travels with checkpoints
+    def checkpoint_extra_state(self) -> dict[str, Any] | None:
+        return None if self.rdrw is None else {"rdrw": self.rdrw.state_dict()}
+
+    def load_checkpoint_extra_state(self, state: dict[str, Any]) -> None:
+        if self.rdrw is None or "rdrw" not in state:
+            raise ValueError("checkpoint extra state has no 'rdrw' entry, or this run does not use RDRW")
+        restored = RdrwState.from_state_dict(state["rdrw"])
+        if restored.cfg != self.align_cfg.rdrw:
+            raise ValueError(f"checkpoint RDRW config {restored.cfg} differs from this run's {self.align_cfg.rdrw}")
+        self.rdrw = restored
+
+    def _log_prefix_share(self, prefix_len: torch.Tensor, valid: torch.Tensor) -> None:
+        n = valid.sum().clamp(min=1)
+        self.record_metric("pairs/shared_first", float(((prefix_len >= 1) & valid).sum() / n))
+        self.record_metric("pairs/shared_two", float(((prefix_len >= 2) & valid).sum() / n))
+
+    def _log_margins(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        margin = chosen - rejected
+        self.record_metric("rewards/chosen", float(chosen.mean()))
+        self.record_metric("rewards/rejected", float(rejected.mean()))
+        self.record_metric("rewards/margin", float(margin.mean()))
+        self.record_metric("rewards/accuracy", float((margin > 0).float().mean()))
+
+    def compute_loss_sum(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        match self.align_cfg.method:
+            case "rad-dpo":
+                return self._rad_dpo(model, inputs)
+            case "dpo" | "simpo" | "orpo":
+                return self._pairwise(model, inputs)
+        raise ValueError(f"unknown method {self.align_cfg.method!r}")
+
+    def _pairwise(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        cfg = self.align_cfg
+        chosen = packed_forward(model, _packed_from(inputs, "c_")).token_logps[:, 0]  # [P, 4]
+        rejected = packed_forward(model, _packed_from(inputs, "r_")).token_logps[:, 0]
+        self._log_prefix_share(inputs["prefix_len"], torch.ones_like(inputs["prefix_len"], dtype=torch.bool))
+        match cfg.method:
+            case "dpo":
+                assert self.ref_model is not None
+                with torch.no_grad():
+                    ref_c = packed_forward(self.ref_model, _packed_from(inputs, "c_")).token_logps[:, 0]
+                    ref_r = packed_forward(self.ref_model, _packed_from(inputs, "r_")).token_logps[:, 0]
+                out = dpo_loss(sequence_logps(chosen), sequence_logps(rejected), sequence_logps(ref_c),
+                               sequence_logps(ref_r), cfg.dpo)
+            case "simpo":
+                out = simpo_loss(chosen, rejected, cfg.simpo)
+            case _:
+                out = orpo_loss(chosen, rejected, cfg.orpo)
+                self.record_metric("loss/nll", float(out.nll.mean()))
+                self.record_metric("loss/odds_ratio", float(out.odds_ratio_loss.mean()))
+        self._log_margins(out.chosen_reward, out.rejected_reward)
+        return out.loss.sum()
+
+    def _rad_dpo(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        cfg = self.align_cfg
+        scores = packed_forward(model, _packed_from(inputs))
+        bsz = scores.token_logps.shape[0]
+        rows = torch.arange(bsz, device=scores.token_logps.device)[:, None]
+        pos_tok = scores.token_logps[rows, inputs["pos_idx"]]  # [B, P, 4]
+        neg_tok = scores.token_logps[rows, inputs["neg_idx"]]  # [B, N, 4]
+        neg_valid = inputs["neg_valid"]
+        prefix = inputs["prefix_len"]
+        top_slot = inputs["pos_idx"].gather(1, inputs["top_index"][:, None])[:, 0]
+        sims = pair_similarity(scores.eos_hidden[rows[:, 0], top_slot], scores.eos_hidden[rows, inputs["neg_idx"]])
+        used = neg_valid & (prefix < 3) if cfg.rad.skip_same_sid_negatives else neg_valid
+        weights = torch.ones_like(sims)
+        if self.rdrw is not None:
+            weights[used] = self.rdrw.weigh(sims[used]).to(weights.device)
+        terms = rad_dpo_loss(pos_tok, inputs["pos_valid"], inputs["top_index"], neg_tok, neg_valid, prefix, weights,
+                             cfg.rad)
+        self.record_metric("loss/sft", float(terms.sft.mean()))
+        self.record_metric("loss/pref", float(terms.pref.mean()))
+        self._log_prefix_share(prefix, neg_valid)
+        u = terms.neg_used
+        self._log_margins(terms.top_reward[:, None].expand_as(u)[u], terms.neg_rewards[u])
+        self.record_metric("rdrw/similarity", float(sims[u].mean()))
+        if self.rdrw is not None:
+            self.record_metric("rdrw/warm", float(self.rdrw.warm))
+            self.record_metric("rdrw/mean_weight", float(weights[u].mean()))
+            if self.rdrw.quartiles is not None:
+                for name, q in zip(("q1", "q2", "q3"), self.rdrw.quartiles, strict=True):
+                    self.record_metric(f"rdrw/{name}", q)
+        rel = inputs["neg_relevant"]
+        for name, which in (("pseudo_neg", (rel == 1) & u), ("irrelevant_neg", (rel == 0) & u)):
+            if bool(which.any()):
+                self.record_metric(f"rdrw/weight_{name}", float(weights[which].mean()))
+                self.record_metric(f"rdrw/similarity_{name}", float(sims[which].mean()))
+        return terms.per_session.sum()
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_align(cfg: AlignConfig) -> Path:
+    """Train from the SFT checkpoint, then write ``RUN_DIR/final``; returns that path."""
+    from transformers import AutoTokenizer
+
+    from training.data.samples import read_samples
+    from training.model import load_model, num_parameters, read_train_info, save_model_dir
+    from training.train_common import training_arguments
+
+    t0 = time.time()
+    sft_info = read_train_info(cfg.sft_dir)
+    sizes = sft_info.get("codebook_sizes")
+    if not sizes:
+        raise ValueError(f"{cfg.sft_dir}/radgr_train.json lacks codebook_sizes: is it an SFT checkpoint?")
+    train_path = cfg.samples_dir / "train.parquet"
+    if not train_path.is_file():
+        raise ValueError(f"samples file {train_path} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(str(cfg.sft_dir), local_files_only=True)
+    model = load_model(cfg.sft_dir).train()
+    vocab = SidVocab.from_tokenizer(tokenizer, sizes, vocab_size=model.get_input_embeddings().num_embeddings)
+    samples = read_samples(train_path)
+    if cfg.limit is not None:
+        samples = samples[: cfg.limit]
+    examples = encode_sessions(samples, tokenizer, vocab, max_length=model.config.max_position_embeddings)
+    if not examples:
+        raise ValueError(f"{train_path} holds no session with a positive and a negative")
+    ref_model = None
+    if cfg.method == "dpo":
+        ref_model = load_model(cfg.sft_dir).eval()
+        ref_model.requires_grad_(False)
+    pad_id = int(tokenizer.pad_token_id)
+    collator = PackedSessionCollator(pad_id) if cfg.method == "rad-dpo" else PairCollator(pad_id)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("align %s: %d sessions, model %d parameters", cfg.variant, len(examples), num_parameters(model))
+    trainer = AlignTrainer(model=model, args=training_arguments(cfg.train, cfg.out_dir),
+                           train_dataset=SessionDataset(examples), data_collator=collator,
+                           callbacks=run_callbacks(cfg.out_dir), align_cfg=cfg, ref_model=ref_model)
+    resumed_from = last_checkpoint(cfg.out_dir) if cfg.resume else None
+    result = trainer.train_with_resume(cfg.resume)
+    final = cfg.out_dir / "final"
+    if trainer.is_world_process_zero():
+        info = {
+            "method": cfg.method,
+            "variant": cfg.variant,
+            "ablations": {"tlgd": cfg.rad.tlgd, "rdrw": cfg.rad.rdrw, "ml_sft": cfg.rad.ml_sft},
+            "steps": int(trainer.state.global_step),
+            "train_loss": float(result.training_loss),
+            "sessions": len(examples),
+            "data": {"samples": str(cfg.samples_dir)},
+            "loss_config": _loss_config(cfg),
+            "config": asdict(cfg.train),
+            "codebook_sizes": list(sizes),
+            "prompt_version": PROMPT_VERSION,
+            "sft": {"dir": str(cfg.sft_dir), "info": sft_info},
+            "model": sft_info.get("model", {}),
+            "resumed_from": resumed_from,
+            "rdrw_final": None if trainer.rdrw is None else {"seen": trainer.rdrw.seen,
+                                                              "quartiles": trainer.rdrw.quartiles},
+            "wall_seconds": time.time() - t0,
+        }
+        save_model_dir(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final, info)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def _loss_config(cfg: AlignConfig) -> dict[str, Any]:
+    match cfg.method:
+        case "dpo":
+            return asdict(cfg.dpo)
+        case "simpo":
+            return asdict(cfg.simpo)
+        case "orpo":
+            return asdict(cfg.orpo)
+    return {**asdict(cfg.rad), "rdrw": asdict(cfg.rdrw)}
