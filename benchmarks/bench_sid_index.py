@@ -1,0 +1,198 @@
+"""OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_sid_index.py [--sizes 100000,1000000] [--codebooks 256,256,256]
+[--out runs/bench_sid_index]
+
+Builds SID indexes for synthetic 384-d embeddings and prints, per catalog size: build time (k-means training,
+assignment, grouping + tries), peak memory (max RSS of a fresh process doing only that build), index size on disk per
+SID, load time, and lookup throughput: prefix-table gathers (children of random depth-1 / depth-2 prefixes turned
+into boolean masks, vectorised, no per-prefix Python) and marisa SID-string → items lookups. Writes
+``results.json`` and ``results.png`` under ``--out``.
+
+Embeddings are a hierarchical Gaussian mixture (coarse centres → fine centres → noise, unit-normalised), written to
+a ``.npy`` file in chunks and memory-mapped by the build, so the measured RSS is that of the build, not of the
+generator. Each size runs in its own subprocess so peak RSS is per build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DIM = 384
+
+
+def make_embeddings(path: Path, n: int, seed: int = 0, chunk: int = 100_000, latent: int = 48) -> None:
+    """Unit-norm 384-d points like text embeddings (low effective rank, clustered): a Zipf-weighted mixture of
+    2,048 Gaussians in a 48-d latent space, mapped to 384-d by a fixed random matrix, plus small isotropic noise.
+    Written to ``path`` in chunks."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(2048, latent)).astype(np.float32)
+    spread = rng.uniform(0.3, 0.7, size=(2048, 1)).astype(np.float32)
+    proj = (rng.normal(size=(latent, DIM)) / np.sqrt(latent)).astype(np.float32)
+    p = 1.0 / np.arange(1, 2049) ** 0.7
+    p /= p.sum()
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
+    for lo in range(0, n, chunk):
+        m = min(chunk, n - lo)
+        c = rng.choice(2048, size=m, p=p)
+        z = centres[c] + spread[c] * rng.normal(size=(m, latent)).astype(np.float32)
+        x = z @ proj + 0.05 * rng.normal(size=(m, DIM)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[lo : lo + m] = x
+    out.flush()
+    del out
+
+
+def _dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+
+
+def child_gathers(indptr: np.ndarray, codes: np.ndarray, nodes: np.ndarray, width: int) -> np.ndarray:
+    """Boolean mask ``[len(nodes), width]`` of the children of trie nodes ``nodes`` (CSR gather, vectorised)."""
+    lo, hi = indptr[nodes], indptr[nodes + 1]
+    counts = hi - lo
+    rows = np.repeat(np.arange(nodes.shape[0]), counts)
+    offs = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    mask = np.zeros((nodes.shape[0], width), dtype=bool)
+    mask[rows, codes[np.repeat(lo, counts) + offs]] = True
+    return mask
+
+
+def child_gathers_reference(indptr: np.ndarray, codes: np.ndarray, nodes: np.ndarray, width: int) -> np.ndarray:
+    mask = np.zeros((nodes.shape[0], width), dtype=bool)
+    for r, node in enumerate(nodes.tolist()):
+        mask[r, codes[indptr[node] : indptr[node + 1]]] = True
+    return mask
+
+
+def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type: ignore[type-arg]
+    """Build one index (in this process) and measure it; returns the result row."""
+    from sid_index.build import IndexConfig, build_index, index_stats
+    from sid_index.catalog import Catalog
+    from sid_index.embeddings import read_embeddings
+    from sid_index.index import SidIndex
+
+    emb_path = out / f"emb_{n}.npy"
+    if not emb_path.exists():
+        tmp = out / f".emb_{n}.tmp.npy"
+        make_embeddings(tmp, n)
+        tmp.replace(emb_path)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ids = [f"item{i}" for i in range(n)]
+    cat = Catalog(item_ids=ids, titles=ids, brands=[""] * n, categories=[""] * n,
+                  popularity=np.random.default_rng(1).pareto(1.5, size=n))
+    emb = read_embeddings(emb_path, ids, mmap=True)
+    t0 = time.perf_counter()
+    index = build_index(cat, emb, IndexConfig(codebook_sizes=codebooks, seed=0))
+    t_build = time.perf_counter() - t0
+    idx_dir = out / f"index_{n}"
+    t0 = time.perf_counter()
+    index.save(idx_dir)
+    t_save = time.perf_counter() - t0
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    loaded = SidIndex.load(idx_dir)
+    t_load = time.perf_counter() - t0
+    stats = index_stats(loaded)
+    disk = _dir_bytes(idx_dir)
+
+    # prefix-table gathers: children of random depth-1 nodes and random depth-2 nodes, 4096 prefixes per call
+    t = loaded.tables
+    rng = np.random.default_rng(2)
+    batch, reps = 4096, 50
+    res_lookup = {}
+    for name, indptr, codes, width in (("depth1", t.l1_indptr, t.l1_codes, codebooks[1]),
+                                       ("depth2", t.l2_indptr, t.l2_codes, codebooks[2])):
+        nodes = rng.integers(0, indptr.shape[0] - 1, size=(reps, batch))
+        assert np.array_equal(child_gathers(indptr, codes, nodes[0], width),
+                              child_gathers_reference(indptr, codes, nodes[0], width))
+        t0 = time.perf_counter()
+        for r in range(reps):
+            child_gathers(indptr, codes, nodes[r], width)
+        res_lookup[f"prefix_{name}_per_s"] = batch * reps / (time.perf_counter() - t0)
+    # vectorised SID validity check (codes -> SID row) and marisa SID string -> items
+    probe = loaded.sid_codes[rng.integers(0, loaded.num_sids, size=100_000)]
+    t0 = time.perf_counter()
+    loaded.sid_rows_of_codes(probe)
+    res_lookup["codes_to_sid_row_per_s"] = probe.shape[0] / (time.perf_counter() - t0)
+    strings = [loaded.sid_str(int(r)) for r in rng.integers(0, loaded.num_sids, size=20_000)]
+    t0 = time.perf_counter()
+    for s in strings:
+        loaded.items_of_sid(s)
+    res_lookup["sid_string_to_items_per_s"] = len(strings) / (time.perf_counter() - t0)
+    return {
+        "items": n, "codebook_sizes": list(codebooks), "unique_sids": stats["unique_sids"],
+        "collision_rate": stats["collision_rate"], "largest_group": stats["largest_group"],
+        "utilization": [lv["utilization"] for lv in stats["levels"]],
+        "build_s": t_build, "save_s": t_save, "load_s": t_load,
+        "peak_rss_mib": peak_rss_mib, "rss_before_build_mib": rss_before,
+        "disk_bytes": disk, "disk_bytes_per_sid": disk / stats["unique_sids"],
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), **res_lookup,
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:  # type: ignore[type-arg]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    labels = [f"{r['items'] // 1000}k" for r in rows]
+    axes[0].bar(labels, [r["build_s"] for r in rows])
+    axes[0].set_title("build time (s)")
+    axes[1].bar(labels, [r["peak_rss_mib"] for r in rows])
+    axes[1].set_title("peak RSS (MiB)")
+    w = 0.4
+    xs = np.arange(len(rows))
+    axes[2].bar(xs - w / 2, [r["prefix_depth1_per_s"] / 1e6 for r in rows], w, label="depth-1 prefixes")
+    axes[2].bar(xs + w / 2, [r["prefix_depth2_per_s"] / 1e6 for r in rows], w, label="depth-2 prefixes")
+    axes[2].set_xticks(xs, labels)
+    axes[2].set_title("child-mask gathers (M prefixes/s)")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"SID index, codebooks {rows[0]['codebook_sizes']}, OMP_NUM_THREADS={rows[0]['omp_num_threads']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--codebooks", default="256,256,256")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sid_index")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    cb = tuple(int(x) for x in args.codebooks.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.one is not None:
+        print(json.dumps(run_one(args.one, cb, args.out)))  # type: ignore[arg-type]
+        return
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--codebooks", args.codebooks,
+                               "--out", str(args.out)], check=True, capture_output=True, text=True)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  build {r['build_s']:7.1f} s  "
+              f"peak RSS {r['peak_rss_mib']:7.0f} MiB  disk {r['disk_bytes_per_sid']:5.0f} B/SID  "
+              f"load {r['load_s']:5.2f} s  depth-1 {r['prefix_depth1_per_s'] / 1e6:5.2f} M/s  "
+              f"depth-2 {r['prefix_depth2_per_s'] / 1e6:5.2f} M/s  SID→items {r['sid_string_to_items_per_s']:,.0f}/s",
+              flush=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, args.out / "results.png")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
