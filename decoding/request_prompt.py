@@ -9,6 +9,9 @@ Contract of ``prompt_for_request(query, profile, history_item_ids_oldest_first, 
 3. reverse to most recent first and keep the first ``cfg.max_history``;
 4. render with :func:`decoding.prompt.render_prompt` using each item's SID string.
 ``PromptBuild.used_item_ids`` are the items that entered the prompt, most recent first (one per SID shown).
+
+:class:`PromptBuilder` is the fast path for many requests against one index (it caches SID strings and query
+predictions); it must give exactly what :func:`prompt_for_request` gives (tests check it).
 """
 
 from __future__ import annotations
@@ -68,3 +71,57 @@ def prompt_for_request(
         used_item_ids=tuple(known[k] for k in chosen),
         unknown_item_ids=tuple(unknown),
     )
+
+
+class PromptBuilder:
+    """``prompt_for_request`` for many requests against one index and categorizer, with caches."""
+
+    def __init__(self, index: SidIndex, categorizer: QueryCategorizer | None, cfg: PromptConfig = PromptConfig(),
+                 cache_queries: int = 100_000) -> None:
+        self.index = index
+        self.categorizer = categorizer if cfg.hard_search else None
+        self.cfg = cfg
+        self._sid_of_row: dict[int, str] = {}
+        self._target_of_query: dict[str, str | None] = {}
+        self._cache_queries = cache_queries
+
+    def _sid(self, row: int) -> str:
+        sid = self._sid_of_row.get(row)
+        if sid is None:
+            sid = self._sid_of_row[row] = self.index.sid_str(int(self.index.item_sid_row[row]))
+        return sid
+
+    def _target(self, categorizer: QueryCategorizer, query: str) -> str | None:
+        if query in self._target_of_query:
+            return self._target_of_query[query]
+        target = categorizer.predict(query)
+        if len(self._target_of_query) < self._cache_queries:
+            self._target_of_query[query] = target
+        return target
+
+    def build(
+        self, query: str, profile: Mapping[str, str], history_item_ids_oldest_first: Sequence[str]
+    ) -> PromptBuild:
+        index = self.index
+        known: list[str] = []
+        rows: list[int] = []
+        unknown: list[str] = []
+        for item_id in history_item_ids_oldest_first:
+            row = index.item_row(item_id)
+            if row is None:
+                unknown.append(item_id)
+            else:
+                known.append(item_id)
+                rows.append(row)
+        keep = list(range(len(known) - 1, -1, -1))  # most recent first
+        if self.categorizer is not None and known:
+            target = self._target(self.categorizer, query)
+            if target is not None:
+                cats = index.item_category
+                keep = [k for k in keep if cats[rows[k]] == target]
+        chosen = keep[: self.cfg.max_history]
+        return PromptBuild(
+            text=render_prompt(query, profile, [self._sid(rows[k]) for k in chosen]),
+            used_item_ids=tuple(known[k] for k in chosen),
+            unknown_item_ids=tuple(unknown),
+        )

@@ -23,7 +23,7 @@ import csv
 import json
 import logging
 import os
-import zlib
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from decoding.hard_search import QueryCategorizer
 from decoding.prompt import PROMPT_VERSION
-from decoding.request_prompt import PromptConfig, prompt_for_request
+from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_request
 from sid_index.index import SidIndex
 from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, read_days, sessions_have_truth
 
@@ -128,16 +128,19 @@ def positives_of(session: Session, index: SidIndex) -> tuple[list[str], int]:
     return pos, top
 
 
-def session_rng(seed: int, session_id: str) -> np.random.Generator:
-    """The generator of one session's random negatives: independent of batch size and order."""
-    return np.random.default_rng([seed, zlib.crc32(session_id.encode("utf-8"))])
+def session_rng(seed: int, session_id: str) -> random.Random:
+    """The generator of one session's random negatives: independent of batch size and order (seeded by a string,
+    which Python hashes with SHA-512, so it is stable across runs and platforms)."""
+    return random.Random(f"{seed}:{session_id}")
 
 
 def choose_negatives(
-    session: Session, positives: Sequence[str], index: SidIndex, n: int, rng: np.random.Generator,
+    session: Session, positives: Sequence[str], index: SidIndex, n: int, make_rng: Callable[[], random.Random],
     exclude_same_sid: bool = True, pool_rows: np.ndarray | None = None,
 ) -> tuple[list[str], int, int]:
-    """(negatives, how many came from the exposure, how many were dropped for sharing a positive's SID)."""
+    """(negatives, how many came from the exposure, how many were dropped for sharing a positive's SID).
+
+    ``make_rng()`` is called (once) only when the exposure runs short and random items are needed."""
     pos_set = set(positives)
     pos_sids = {int(index.item_sid_row[index.item_row(p)]) for p in positives}  # type: ignore[index]
     chosen: list[str] = []
@@ -160,9 +163,10 @@ def choose_negatives(
     from_exposure = len(chosen)
     pool_size = index.num_items if pool_rows is None else len(pool_rows)
     attempts = 0
-    while len(chosen) < n and attempts < 20 * n + 100:
+    rng = make_rng() if len(chosen) < n else None
+    while rng is not None and len(chosen) < n and attempts < 20 * n + 100:
         attempts += 1
-        k = int(rng.integers(pool_size))
+        k = rng.randrange(pool_size)
         row = k if pool_rows is None else int(pool_rows[k])
         item = index.item_ids[row]
         if item in pos_set or item in seen or (exclude_same_sid and int(index.item_sid_row[row]) in pos_sids):
@@ -207,16 +211,18 @@ class _Counters:
 
 def build_sample(
     session: Session, split: str, index: SidIndex, categorizer: QueryCategorizer | None, cfg: SampleConfig,
-    counters: _Counters | None = None, pool_rows: np.ndarray | None = None,
+    counters: _Counters | None = None, pool_rows: np.ndarray | None = None, prompts: PromptBuilder | None = None,
 ) -> Sample | None:
-    """The sample of one session, ``None`` if it has no positive in the index."""
+    """The sample of one session, ``None`` if it has no positive in the index. ``prompts`` (built on the same
+    index, categorizer and ``cfg.prompt``) is the cached fast path of :func:`prompt_for_request`."""
     positives, top = positives_of(session, index)
     if not positives:
         return None
     negatives, n_exp, dropped = choose_negatives(session, positives, index, cfg.num_negatives,
-                                                 session_rng(cfg.seed, session.session_id), cfg.exclude_same_sid,
-                                                 pool_rows)
-    build = prompt_for_request(session.query, session.profile, session.history, index, categorizer, cfg.prompt)
+                                                 lambda: session_rng(cfg.seed, session.session_id),
+                                                 cfg.exclude_same_sid, pool_rows)
+    build = (prompts.build(session.query, session.profile, session.history) if prompts is not None else
+             prompt_for_request(session.query, session.profile, session.history, index, categorizer, cfg.prompt))
     pos_codes = tuple(_codes(index, p) for p in positives)
     neg_codes = tuple(_codes(index, x) for x in negatives)
     relevant = set(session.relevant) if session.relevant is not None else None
@@ -390,19 +396,26 @@ def fit_categorizer_from_sessions(
     sessions_path: str | os.PathLike[str], index: SidIndex, cfg: SampleConfig, last_day: int,
     split_map: dict[str, str] | None,
 ) -> tuple[QueryCategorizer, int]:
-    """Fit on the train split's (query, category of top positive) pairs; returns (categorizer, pairs used)."""
+    """Fit on the train split's (query, category of top positive) pairs; returns (categorizer, pairs used).
+
+    Reads only the five columns it needs; rows with nulls are skipped here (the full pass names them)."""
     cat = QueryCategorizer()
     used = 0
-    for batch in iter_session_batches(sessions_path, cfg.batch_size):
+    columns = ["session_id", "day", "query", "clicked", "ordered"]
+    for batch in pq.ParquetFile(sessions_path).iter_batches(batch_size=cfg.batch_size, columns=columns):
         pairs = []
-        for s in batch:
-            if _split_of(s, cfg, last_day, split_map) != "train" or not s.query:
+        for sid, day, query, clicked, ordered in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
+            if not query or sid is None or day is None or clicked is None or ordered is None:
+                continue
+            s = Session(session_id=sid, day=day, user_id="", query=query, clicked=tuple(clicked),
+                        ordered=tuple(ordered))
+            if _split_of(s, cfg, last_day, split_map) != "train":
                 continue
             pos, top = positives_of(s, index)
             if pos:
                 category = index.item_category[index.item_row(pos[top])]  # type: ignore[index]
                 if category:
-                    pairs.append((s.query, category))
+                    pairs.append((query, category))
         cat.update(pairs)
         used += len(pairs)
     return cat, used
@@ -465,6 +478,7 @@ def build_samples(
         if len(pool_rows) == 0:
             raise ValueError("pool_item_ids: none of the catalog's items is in the index")
     use_cat = categorizer if cfg.prompt.hard_search else None
+    prompts = PromptBuilder(index, use_cat, cfg.prompt)
     counters = {s: _Counters() for s in SPLITS}
     writers = {s: _SampleWriter(out / f"{s}.parquet") for s in SPLITS}
     sessions = skipped_no_positive = skipped_no_split = 0
@@ -477,7 +491,7 @@ def build_samples(
                 if split is None:
                     skipped_no_split += 1
                     continue
-                sample = build_sample(s, split, index, use_cat, cfg, counters[split], pool_rows)
+                sample = build_sample(s, split, index, use_cat, cfg, counters[split], pool_rows, prompts)
                 if sample is None:
                     skipped_no_positive += 1
                     continue

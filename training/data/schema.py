@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 _LIST_STR = pa.list_(pa.string())
@@ -80,8 +81,9 @@ def _check_items(items: object, where: str, name: str) -> tuple[str, ...]:
     return out
 
 
-def validate_session(s: Session, where: str) -> None:
-    """Check the cross-field rules of one session; ``where`` (e.g. ``"sessions.parquet row 7"``) prefixes errors."""
+def validate_session(s: Session, where: str, check_elements: bool = True) -> None:
+    """Check the rules of one session; ``where`` (e.g. ``"sessions.parquet row 7"``) prefixes errors.
+    ``check_elements=False`` skips the per-element item-id checks (done column-wise by :func:`sessions_from_batch`)."""
     if not isinstance(s.session_id, str) or not s.session_id:
         raise ValueError(f"{where} field 'session_id': must be a non-empty string, given {s.session_id!r}")
     if not isinstance(s.day, int) or s.day < 0:
@@ -93,8 +95,9 @@ def validate_session(s: Session, where: str) -> None:
     for key, value in s.profile.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"{where} field 'profile': keys and values must be strings, given {key!r}: {value!r}")
-    for name in ("history", "exposed", "clicked", "ordered"):
-        _check_items(getattr(s, name), where, name)
+    if check_elements:
+        for name in ("history", "exposed", "clicked", "ordered"):
+            _check_items(getattr(s, name), where, name)
     clicked = set(s.clicked)
     for item in s.ordered:
         if item not in clicked:
@@ -107,7 +110,8 @@ def validate_session(s: Session, where: str) -> None:
     if (s.relevant is None) != (s.relevant_grades is None):
         raise ValueError(f"{where} field 'relevant_grades': 'relevant' and 'relevant_grades' come together")
     if s.relevant is not None and s.relevant_grades is not None:
-        _check_items(s.relevant, where, "relevant")
+        if check_elements:
+            _check_items(s.relevant, where, "relevant")
         if len(s.relevant) != len(s.relevant_grades):
             raise ValueError(
                 f"{where} field 'relevant_grades': length {len(s.relevant_grades)} != length of 'relevant' "
@@ -146,9 +150,28 @@ def _check_columns(schema: pa.Schema, where: str) -> bool:
     return all(present)
 
 
+def _first_bad_item_row(col: pa.Array) -> int | None:
+    """Row of the first null list or null/empty element in a list-of-strings column, ``None`` if all are fine."""
+    if col.null_count:
+        return int(pc.index(pc.is_null(col), True).as_py())
+    flat = col.flatten()
+    if len(flat) == 0:
+        return None
+    bad = pc.fill_null(pc.or_kleene(pc.is_null(flat), pc.equal(pc.utf8_length(flat), 0)), True)
+    if not pc.any(bad).as_py():
+        return None
+    k = int(pc.index(bad, True).as_py())
+    return int(pc.list_parent_indices(col)[k].as_py())
+
+
 def sessions_from_batch(batch: pa.RecordBatch, where: str, row_offset: int = 0) -> list[Session]:
     """Validated :class:`Session` objects of one record batch; errors name ``where`` and the absolute row."""
     truth = _check_columns(batch.schema, where)
+    item_columns = ("history", "exposed", "clicked", "ordered", *(("relevant",) if truth else ()))
+    for name in item_columns:
+        bad_row = _first_bad_item_row(batch.column(name))
+        if bad_row is not None:  # let the row-wise check phrase the error
+            _check_items(batch.column(name)[bad_row].as_py(), f"{where} row {row_offset + bad_row}", name)
     cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
     out: list[Session] = []
     for i in range(batch.num_rows):
@@ -164,14 +187,14 @@ def sessions_from_batch(batch: pa.RecordBatch, where: str, row_offset: int = 0) 
             user_id=cols["user_id"][i],
             query=cols["query"][i],
             profile=profile,
-            history=_check_items(cols["history"][i], row_where, "history"),
-            exposed=_check_items(cols["exposed"][i], row_where, "exposed"),
-            clicked=_check_items(cols["clicked"][i], row_where, "clicked"),
-            ordered=_check_items(cols["ordered"][i], row_where, "ordered"),
+            history=tuple(cols["history"][i]),
+            exposed=tuple(cols["exposed"][i]),
+            clicked=tuple(cols["clicked"][i]),
+            ordered=tuple(cols["ordered"][i]),
             relevant=tuple(cols["relevant"][i]) if truth else None,
             relevant_grades=tuple(cols["relevant_grades"][i]) if truth else None,
         )
-        validate_session(s, row_where)
+        validate_session(s, row_where, check_elements=False)
         out.append(s)
     return out
 

@@ -265,8 +265,8 @@ _STOP = frozenset((
 
 
 def title_words(title: str) -> list[str]:
-    """Lower-cased title words without stop words and single characters."""
-    return [w for w in _WORD_RE.findall(title.lower()) if len(w) > 1 and w not in _STOP]
+    """Lower-cased title words without stop words, bare numbers and single characters."""
+    return [w for w in _WORD_RE.findall(title.lower()) if len(w) > 1 and w not in _STOP and not w.isdigit()]
 
 
 def _hashed_tfidf(docs: list[list[str]], dim: int) -> np.ndarray:
@@ -291,7 +291,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     k = max(1, min(k, x.shape[0]))
     if k == 1:
         return np.zeros(x.shape[0], dtype=np.int64)
-    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, spherical=True, verbose=False,
+    km = faiss.Kmeans(x.shape[1], k, niter=25, nredo=3, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=100000, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(x))
     _, assign = km.index.search(np.ascontiguousarray(x), 1)
@@ -366,7 +366,8 @@ def world_from_catalog(
         type_group=np.asarray(type_group, dtype=np.int64),
         group_names=group_names,
         brand_names=list(brand_index),
-        derivation=(f"derived from titles: hashed TF-IDF (2048 buckets) + faiss spherical k-means into "
+        derivation=(f"derived from titles: hashed TF-IDF (2048 buckets, bare numbers dropped) + faiss spherical "
+                    f"k-means (3 restarts) into "
                     f"{len(group_names)} categories, then each category into {len(type_names)} product types in all "
                     f"(~{cfg.real_items_per_type} items each); names = most characteristic title words"),
     )
