@@ -96,8 +96,9 @@ class BeamOutput:
 
     ``token_ids`` ``[R, Bmax, 3]``, ``codes`` ``[R, Bmax, 3]`` (``-1`` where a token is not a SID token of its level),
     ``scores`` ``[R, Bmax]`` float32 descending per row, ``sid_rows`` ``[R, Bmax]`` (``-1`` = invalid or empty),
-    ``counts`` ``[R]``. ``timings``: seconds for ``prefill`` (prompt forward), ``decode`` (the two beam forwards),
-    ``masking`` (trie expansion, top-k selection and attention-mask building, all levels).
+    ``counts`` ``[R]``. ``timings``: seconds for ``prefill`` (prompt forward), ``decode`` (the two beam forwards
+    and the full-vocabulary log-softmax normalisers), ``masking`` (trie expansion, top-k selection and
+    attention-mask building, all levels).
     """
 
     token_ids: torch.Tensor
@@ -111,40 +112,45 @@ class BeamOutput:
 # ----------------------------------------------------------------------------------------------- pure pieces
 
 
-def csr_expand(indptr: torch.Tensor, nodes: torch.Tensor, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Children of every live beam, beams in order. ``nodes``/``live`` ``[N]`` → ``(beam [T], child [T])``.
+def csr_expand(
+    indptr: torch.Tensor, nodes: torch.Tensor, live: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Children of every live beam, beams in order. ``nodes``/``live`` ``[N]`` → ``(beam [T], child [T], counts [N])``.
 
-    ``child`` indexes the next level's node arrays; ``beam`` is the position in ``nodes`` it came from.
+    ``child`` indexes the next level's node arrays; ``beam`` is the position in ``nodes`` it came from;
+    ``counts[i]`` is how many children beam ``i`` contributed (0 when not live).
     """
     safe = torch.where(live, nodes, torch.zeros_like(nodes))
-    start = indptr[safe]
-    counts = torch.where(live, indptr[safe + 1] - start, torch.zeros_like(start))
-    beam = torch.repeat_interleave(torch.arange(nodes.shape[0], device=nodes.device), counts)
+    start = indptr.index_select(0, safe)
+    counts = torch.where(live, indptr.index_select(0, safe + 1) - start, torch.zeros_like(start))
+    beam = torch.repeat_interleave(counts)  # beam i repeated counts[i] times
     first = torch.cumsum(counts, 0) - counts  # first candidate index of each beam
-    child = start[beam] + torch.arange(beam.shape[0], device=nodes.device) - first[beam]
-    return beam, child
+    child = torch.arange(beam.shape[0], device=nodes.device) + (start - first).index_select(0, beam)
+    return beam, child, counts
 
 
 def segmented_topk(
-    scores: torch.Tensor, segment: torch.Tensor, num_segments: int, widths: torch.Tensor
+    scores: torch.Tensor, sizes: torch.Tensor, widths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``widths[r]`` entries of each segment; ``scores``/``segment`` ``[T]``, segments contiguous, ascending.
+    """Best ``widths[r]`` entries of each segment; ``scores`` ``[T]`` holds segment 0, then 1, … (``sizes`` ``[R]``).
 
     Returns ``(values [R, k], index [R, k])``, ``k = max(widths)``, descending per row; ``index`` is into ``scores``,
     ``values`` is ``-inf`` (and ``index`` 0) in slots past the segment's size or past ``widths[r]``.
     """
+    n_seg = sizes.shape[0]
     k_max = int(widths.max())
-    sizes = torch.bincount(segment, minlength=num_segments)
+    width = max(int(sizes.max()), 1)
     starts = torch.cumsum(sizes, 0) - sizes
-    width = max(int(sizes.max()), 1) if scores.numel() else 1
-    dense = torch.full((num_segments, width), NEG_INF, dtype=scores.dtype, device=scores.device)
-    pos = torch.arange(scores.shape[0], device=scores.device) - starts[segment]
-    dense[segment, pos] = scores
+    # scatter into a dense [R, width] block (-inf padding), then one top-k per row
+    shift = torch.arange(n_seg, device=scores.device) * width - starts
+    flat = torch.arange(scores.shape[0], device=scores.device) + torch.repeat_interleave(shift, sizes)
+    dense = torch.full((n_seg * width,), NEG_INF, dtype=scores.dtype, device=scores.device)
+    dense = dense.scatter_(0, flat, scores).view(n_seg, width)
     k = min(k_max, width)
     vals, idx = torch.topk(dense, k, dim=1, sorted=True)
     if k < k_max:  # fewer candidates than slots: pad
-        vals = torch.cat([vals, vals.new_full((num_segments, k_max - k), NEG_INF)], 1)
-        idx = torch.cat([idx, idx.new_zeros((num_segments, k_max - k))], 1)
+        vals = torch.cat([vals, vals.new_full((n_seg, k_max - k), NEG_INF)], 1)
+        idx = torch.cat([idx, idx.new_zeros((n_seg, k_max - k))], 1)
     slot = torch.arange(k_max, device=scores.device)
     keep = (slot[None, :] < widths[:, None]) & torch.isfinite(vals)
     vals = torch.where(keep, vals, torch.full_like(vals, NEG_INF))
@@ -254,9 +260,11 @@ def beam_search(
     ancestors = torch.zeros((n_req, 1, 0), dtype=torch.long, device=device)
     t_decode = 0.0
     for level in range(NUM_LEVELS):
-        ts = time.perf_counter()
+        tl = time.perf_counter()  # the log-softmax normaliser is scoring (counted with decode), not masking
         logits = logits.float()
         lse = torch.logsumexp(logits, dim=-1)  # [R, Bcur]: full-vocabulary normaliser
+        ts = time.perf_counter()
+        t_decode += ts - tl
         if constrained:
             new_scores, parent, new_nodes, new_tok = _constrained_select(
                 logits, lse, scores, nodes, trie.indptr[level], trie.codes[level], offsets[level], widths
@@ -306,10 +314,11 @@ def _constrained_select(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One trie-constrained level. Returns ``(scores, parent slot, child node, token)``, each ``[R, Bmax]``."""
     n_req, bcur, vsize = logits.shape
-    beam, child = csr_expand(indptr, nodes.reshape(-1), torch.isfinite(scores).reshape(-1))
-    tok = offset + codes[child]
-    cand = scores.reshape(-1)[beam] + logits.reshape(-1, vsize)[beam, tok] - lse.reshape(-1)[beam]
-    vals, idx = segmented_topk(cand, beam // bcur, n_req, widths)
+    beam, child, counts = csr_expand(indptr, nodes.reshape(-1), torch.isfinite(scores).reshape(-1))
+    tok = offset + codes.index_select(0, child)
+    base = (scores - lse).reshape(-1)  # beam score minus the full-vocabulary normaliser
+    cand = base.index_select(0, beam) + logits.reshape(-1).take(beam * vsize + tok)
+    vals, idx = segmented_topk(cand, counts.view(n_req, bcur).sum(1), widths)
     live = torch.isfinite(vals)
     pick_beam = beam[idx] if beam.numel() else torch.zeros_like(idx)
     parent = torch.where(live, pick_beam % bcur, torch.zeros_like(idx))

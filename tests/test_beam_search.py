@@ -65,15 +65,16 @@ def reference_beam_search(model, prompt, width, vocab, codes, constrained=True):
 
 def test_csr_expand_lists_children_of_live_beams_in_order() -> None:
     indptr = torch.tensor([0, 2, 2, 5])
-    beam, child = csr_expand(indptr, torch.tensor([2, 0, 1, 0]), torch.tensor([True, True, True, False]))
+    beam, child, counts = csr_expand(indptr, torch.tensor([2, 0, 1, 0]), torch.tensor([True, True, True, False]))
     assert beam.tolist() == [0, 0, 0, 1, 1]
     assert child.tolist() == [2, 3, 4, 0, 1]
+    assert counts.tolist() == [3, 2, 0, 0]
 
 
 def test_segmented_topk_respects_segments_and_widths() -> None:
     scores = torch.tensor([0.1, 0.5, 0.3, -1.0, 2.0, 1.0])
-    segment = torch.tensor([0, 0, 0, 2, 2, 2])  # segment 1 is empty
-    vals, idx = segmented_topk(scores, segment, 3, torch.tensor([2, 2, 1]))
+    sizes = torch.tensor([3, 0, 3])  # segment 1 is empty
+    vals, idx = segmented_topk(scores, sizes, torch.tensor([2, 2, 1]))
     assert torch.equal(idx[0], torch.tensor([1, 2]))
     assert torch.isinf(vals[1]).all()
     assert idx[2, 0] == 4 and torch.isinf(vals[2, 1])
