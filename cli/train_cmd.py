@@ -1,15 +1,114 @@
-"""radgr train sft, radgr eval (placeholder until its issue lands)."""
+"""``radgr train sft`` and ``radgr eval``.
+
+    radgr train sft --samples DIR --index DIR --out RUN_DIR [--preset tiny | --model PATH] [--catalog PATH]
+                    [--epochs 3 --lr 2e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1
+                     --seed 0 --resume --limit N]
+    radgr eval --model RUN_DIR/final --index DIR --samples DIR [--baseline popularity] [--beam-width 128
+               --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
+
+Each command builds a config, calls ``training.sft`` / ``training.evaluate``, prints a table, returns 0 (2 on bad
+input, with a message naming the field).
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+SFT_DEFAULTS = {"epochs": 3.0, "lr": 2e-3, "batch_size": 64}
 
 
-def sft_command() -> int:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def sft_command(
+    samples: Path = typer.Option(..., "--samples", help="Samples directory (radgr data samples): train.parquet."),
+    index: Path = typer.Option(..., "--index", help="SID index directory (radgr index build)."),
+    out: Path = typer.Option(..., "--out", help="Run directory: final/, checkpoints/, train_log.json, loss.png."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, 0.6b, 1.7b (ignored with --model)."),
+    model: Path | None = typer.Option(None, "--model", help="A local Hugging Face causal-LM directory instead."),
+    catalog: Path | None = typer.Option(None, "--catalog", help="Catalog whose titles also train the tokenizer."),
+    epochs: float = typer.Option(SFT_DEFAULTS["epochs"], "--epochs"),
+    lr: float = typer.Option(SFT_DEFAULTS["lr"], "--lr", help="Peak learning rate (cosine schedule, 5% warm-up)."),
+    batch_size: int = typer.Option(SFT_DEFAULTS["batch_size"], "--batch-size", help="Pairs per device micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    save_steps: int = typer.Option(200, "--save-steps", help="Checkpoint every N optimizer steps."),
+    logging_steps: int = typer.Option(10, "--logging-steps"),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (-1: use --epochs)."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N (prompt, positive) pairs."),
+    tokenizer_vocab: int = typer.Option(2048, "--tokenizer-vocab", help="BPE vocabulary size (presets)."),
+) -> int:
+    """Supervised next-SID training on every (prompt, positive) pair."""
+    from training.sft import SftConfig, run_sft
+    from training.train_common import LOSS_PLOT_FILE, TRAIN_LOG_FILE, TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = SftConfig(
+            samples_dir=samples, index_dir=index, out_dir=out, preset=preset, model_path=model, catalog_path=catalog,
+            train=TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                              save_steps=save_steps, logging_steps=logging_steps, seed=seed),
+            resume=resume, tokenizer_vocab_size=tokenizer_vocab, limit=limit,
+        )
+        final = run_sft(cfg)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    from training.model import read_train_info
+
+    info = read_train_info(final)
+    t = Table(title=f"SFT → {final}")
+    t.add_column("statistic")
+    t.add_column("value", justify="right")
+    for key in ("steps", "train_loss", "pairs", "sessions", "wall_seconds"):
+        v = info.get(key)
+        t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    t.add_row("parameters", str(info.get("model", {}).get("parameters")))
+    console.print(t)
+    console.print(f"log: {out / TRAIN_LOG_FILE}  loss curve: {out / LOSS_PLOT_FILE}")
+    return 0
 
 
-def eval_command() -> int:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def eval_command(
+    index: Path = typer.Option(..., "--index", help="SID index directory."),
+    samples: Path = typer.Option(..., "--samples", help="Samples directory: test.parquet (and train.parquet)."),
+    model: Path | None = typer.Option(None, "--model", help="Model directory (e.g. RUN_DIR/final)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="'popularity': rank by train popularity, no model."),
+    beam_width: int = typer.Option(128, "--beam-width", help="Beam width 1..128."),
+    top_k: int = typer.Option(500, "--top-k", help="Items returned per session."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Requests per engine call."),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate the first N test sessions only."),
+    hallucination: bool = typer.Option(True, "--hallucination/--no-hallucination",
+                                       help="Also decode without the trie to measure hallucination."),
+    out: Path | None = typer.Option(None, "--out", help="Report JSON (plus .md table and .png chart)."),
+) -> int:
+    """Offline evaluation: item/SID Recall and MRR, hallucination rate; optional popularity baseline."""
+    from training.evaluate import EvalConfig, EvalRun, markdown_table, run_eval, write_report
+
+    try:
+        run = EvalRun(index_dir=index, samples_dir=samples, model_dir=model, baseline=baseline,
+                      eval=EvalConfig(beam_width=beam_width, top_k=top_k, batch_size=batch_size, limit=limit,
+                                      hallucination=hallucination))
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as prog:
+
+            def factory(name: str, total: int):  # type: ignore[no-untyped-def]
+                task = prog.add_task(name, total=total)
+                return lambda n: prog.advance(task, n)
+
+            entries, meta = run_eval(run, progress_factory=factory)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(markdown_table(entries))
+    if out is not None:
+        paths = write_report(entries, out, meta)
+        console.print(f"report: {paths['json']}  table: {paths['markdown']}  chart: {paths['png']}")
+    return 0

@@ -12,9 +12,9 @@ Contract:
 - ``run_sft(cfg)`` trains with :class:`training.train_common.RadgrTrainer` and writes ``RUN_DIR/final/``
   (model dir + tokenizer + generation_config + ``radgr_train.json`` with method "sft"), ``RUN_DIR/train_log.json``,
   ``RUN_DIR/loss.png`` and checkpoints under ``RUN_DIR/checkpoints``.
-- Without ``--model``, the tokenizer is built by ``training.tokenizer.build_tokenizer`` from the index's catalog
-  texts (titles) and the samples' prompts, and the model is a fresh preset; with ``--model PATH`` the local HF
-  model's tokenizer gets the SID tokens (``add_sid_tokens``) and its embeddings are resized.
+- Without ``--model``, the tokenizer is built by ``training.tokenizer.build_tokenizer`` from the catalog's titles
+  (``--catalog``, optional) and the samples' prompts, and the model is a fresh preset; with ``--model PATH`` the
+  local HF model's tokenizer gets the SID tokens (``add_sid_tokens``) and its embeddings are resized.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
@@ -62,30 +61,28 @@ class SftPairs:
     num_sessions: int
 
 
+def sft_pairs(samples: Sequence[Any]) -> SftPairs:
+    """Every (prompt, positive) pair of ``training.data.samples.Sample`` rows, in file order."""
+    prompts: list[str] = []
+    codes: list[tuple[int, int, int]] = []
+    for s in samples:
+        if s.prompt_version != PROMPT_VERSION:
+            raise ValueError(f"sample {s.session_id} has prompt_version {s.prompt_version!r}, this radgr renders "
+                             f"{PROMPT_VERSION!r}: rebuild the samples")
+        for c in s.positive_codes:
+            prompts.append(s.prompt)
+            codes.append((int(c[0]), int(c[1]), int(c[2])))
+    return SftPairs(prompts, codes, num_sessions=len(samples))
+
+
 def read_sft_pairs(path: str | Path) -> SftPairs:
-    """Every (prompt, positive) pair of a samples Parquet file (columns ``prompt``, ``positive_codes``)."""
+    """Every (prompt, positive) pair of a samples Parquet file (``training.data.samples.read_samples``)."""
+    from training.data.samples import read_samples
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"samples file {path} does not exist")
-    table = pq.read_table(path)
-    for col in ("prompt", "positive_codes", "prompt_version"):
-        if col not in table.column_names:
-            raise ValueError(f"samples file {path} lacks column {col!r}")
-    versions = set(table.column("prompt_version").to_pylist())
-    if versions - {PROMPT_VERSION}:
-        raise ValueError(f"samples file {path} has prompt_version {sorted(versions)}, this radgr renders "
-                         f"{PROMPT_VERSION!r}: rebuild the samples")
-    prompts_out: list[str] = []
-    codes_out: list[tuple[int, int, int]] = []
-    prompts = table.column("prompt").to_pylist()
-    pos_codes = table.column("positive_codes").to_pylist()
-    for row, (prompt, codes) in enumerate(zip(prompts, pos_codes, strict=True)):
-        for c in codes or []:
-            if len(c) != NUM_LEVELS:
-                raise ValueError(f"{path} row {row}: positive_codes entries need {NUM_LEVELS} codes, given {c}")
-            prompts_out.append(prompt)
-            codes_out.append((int(c[0]), int(c[1]), int(c[2])))
-    return SftPairs(prompts_out, codes_out, num_sessions=table.num_rows)
+    return sft_pairs(read_samples(path))
 
 
 def encode_sft_examples(pairs: SftPairs, tokenizer: Any, vocab: SidVocab, max_length: int) -> list[dict[str, Any]]:
@@ -179,6 +176,7 @@ class SftConfig:
     out_dir: Path
     preset: str = "tiny"
     model_path: Path | None = None
+    catalog_path: Path | None = None  # titles for the tokenizer (presets)
     train: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False
     tokenizer_vocab_size: int = 2048
@@ -216,7 +214,7 @@ def prepare_model_and_tokenizer(cfg: SftConfig, index: Any, prompts: Sequence[st
     if tok_dir.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     else:
-        titles = _catalog_titles(cfg.index_dir)
+        titles = _catalog_titles(cfg.catalog_path)
         tokenizer = build_tokenizer([*titles, *prompts], sizes, vocab_size=cfg.tokenizer_vocab_size)
         tokenizer.save_pretrained(str(tok_dir))
     model = build_model(cfg.preset, len(tokenizer), seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id,
@@ -224,16 +222,14 @@ def prepare_model_and_tokenizer(cfg: SftConfig, index: Any, prompts: Sequence[st
     return model.train(), tokenizer
 
 
-def _catalog_titles(index_dir: Path) -> list[str]:
-    """Item titles for the tokenizer: the index folder's catalog when it has one, else none."""
-    for name in ("catalog.parquet", "catalog.jsonl", "catalog.csv"):
-        path = index_dir / name
-        if path.is_file():
-            from sid_index.catalog import read_catalog
+def _catalog_titles(catalog_path: Path | None) -> list[str]:
+    """Item titles for the tokenizer (none without a catalog: the prompts alone then train it)."""
+    if catalog_path is None:
+        logger.info("no --catalog: the tokenizer trains on the prompts only")
+        return []
+    from sid_index.catalog import read_catalog
 
-            return list(read_catalog(path).titles)
-    logger.info("no catalog file in %s: the tokenizer trains on the prompts only", index_dir)
-    return []
+    return list(read_catalog(catalog_path).titles)
 
 
 def run_sft(cfg: SftConfig) -> Path:

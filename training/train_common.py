@@ -88,6 +88,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     save_total_limit: int = 2
     optim: str = "adamw_torch"
+    group_by_length: bool = True  # batches of similar length: less padding (Trainer's LengthGroupedSampler)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -148,6 +149,7 @@ def training_arguments(cfg: TrainConfig, run_dir: str | Path, *, disable_tqdm: b
         lr_scheduler_type=cfg.lr_scheduler,
         max_grad_norm=cfg.max_grad_norm,
         optim=cfg.optim,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
