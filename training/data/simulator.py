@@ -374,10 +374,20 @@ def world_from_catalog(
 
 
 # ------------------------------------------------------------------------------------------------ sessions
+def draw(cum: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability ∝ the increments of the cumulative weights ``cum`` (fast ``rng.choice(p=)``)."""
+    k = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    return min(k, len(cum) - 1)
+
+
+_N_MOD_CUM = np.cumsum([0.3, 0.45, 0.25])
+
+
 @dataclass
 class _User:
     user_id: str
     group_weights: np.ndarray
+    group_cum: np.ndarray
     brands: frozenset[int]
     price_level: int
     profile: dict[str, str]
@@ -388,6 +398,9 @@ def _make_users(world: World, cfg: SimConfig, rng: np.random.Generator) -> list[
     n_groups = len(world.group_names)
     width = len(str(cfg.users - 1))
     log_pop = np.log(world.popularity + 1.0)
+    group_cum = []
+    for idx in world.group_items:
+        group_cum.append(np.cumsum(np.exp(0.5 * (log_pop[idx] - log_pop[idx].max()))) if len(idx) else None)
     users = []
     for u in range(cfg.users):
         k = min(2, n_groups)
@@ -406,13 +419,13 @@ def _make_users(world: World, cfg: SimConfig, rng: np.random.Generator) -> list[
         profile = {"price_level": PRICE_LEVELS[level], "region": REGIONS[int(rng.integers(len(REGIONS)))],
                    "member": MEMBER_TIERS[int(rng.random() < 0.3)]}
         history: list[str] = []
+        w_cum = np.cumsum(w)
         for _ in range(int(rng.poisson(cfg.initial_history))):
-            g = int(rng.choice(n_groups, p=w))
-            idx = world.group_items[g]
-            if len(idx):
-                p = np.exp(0.5 * (log_pop[idx] - log_pop[idx].max()))
-                history.append(world.item_ids[int(idx[int(rng.choice(len(idx), p=p / p.sum()))])])
-        users.append(_User(f"u{u:0{width}d}", w, frozenset(brands), level, profile, history))
+            g = draw(w_cum, rng)
+            cum = group_cum[g]
+            if cum is not None:
+                history.append(world.item_ids[int(world.group_items[g][draw(cum, rng)])])
+        users.append(_User(f"u{u:0{width}d}", w, np.cumsum(w), frozenset(brands), level, profile, history))
     return users
 
 
@@ -464,6 +477,11 @@ class _Simulation:
         self.pop_z = (lp - lp.mean()) / max(float(lp.std()), 1e-9)
         self.log_pop = lp
         self.exam = (np.arange(cfg.exposure_length) + 1.0) ** (-cfg.position_bias)
+        self.attr_sets = [frozenset(a) for a in world.item_attrs]
+        self._pool_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        # type t's items as positions in its group's item list (both sorted, and a type lies in one group)
+        self.type_pos = [np.searchsorted(world.group_items[int(world.type_group[t])], rows)
+                         for t, rows in enumerate(world.type_items)]
         self.n_sessions = 0
         self.n_clicks = 0
         self.n_with_click = 0
@@ -480,17 +498,27 @@ class _Simulation:
         brand = np.isin(w.item_brand[rows], np.fromiter(user.brands, dtype=np.int64, count=len(user.brands)))
         return np.where(brand, 1.3, 1.0) * np.where(w.item_price_level[rows] == user.price_level, 1.15, 1.0)
 
+    def _user_pool(self, u: int, group: int, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(affinity of the user for the pool's items, cumulative target weights), cached per (user, group)."""
+        key = (u, group)
+        hit = self._pool_cache.get(key)
+        if hit is None:
+            aff = self._affinity(self.users[u], pool)
+            cum = np.cumsum(np.exp(self.log_pop[pool] - self.log_pop[pool].max()) * aff**3)
+            hit = self._pool_cache[key] = (aff, cum)
+        return hit
+
     def session(self, day: int, index: int) -> Session:
         w, cfg, rng = self.world, self.cfg, self.rng
-        user = self.users[int(rng.integers(len(self.users)))]
-        group = int(rng.choice(len(w.group_names), p=user.group_weights))
+        u = int(rng.integers(len(self.users)))
+        user = self.users[u]
+        group = draw(user.group_cum, rng)
         pool = w.group_items[group]
         if len(pool) == 0:
             pool = np.arange(w.num_items)
-        aff_pool = self._affinity(user, pool)
-        p = np.exp(self.log_pop[pool] - self.log_pop[pool].max()) * aff_pool**3
-        target = int(pool[int(rng.choice(len(pool), p=p / p.sum()))])
-        n_mod = int(rng.choice(3, p=[0.3, 0.45, 0.25]))
+        aff_pool, target_cum = self._user_pool(u, group, pool)
+        target = int(pool[draw(target_cum, rng)])
+        n_mod = draw(_N_MOD_CUM, rng)
         with_brand = bool(rng.random() < cfg.brand_query_rate)
         empty = bool(rng.random() < cfg.empty_query_rate)
         query, mods = ("", ()) if empty else _write_query(w, target, n_mod, with_brand, cfg, rng)
@@ -498,7 +526,9 @@ class _Simulation:
         same_type = w.type_items[int(w.item_type[target])]
         wanted = set(mods)
         n_want = len(wanted) + int(with_brand and not empty)
-        match = np.array([len(wanted.intersection(w.item_attrs[int(i)])) for i in same_type], dtype=np.int64)
+        attr_sets = self.attr_sets
+        match = np.fromiter((len(wanted & attr_sets[i]) for i in same_type.tolist()), dtype=np.int64,
+                            count=len(same_type))
         if with_brand and not empty:
             match += (w.item_brand[same_type] == w.item_brand[target]).astype(np.int64)
         grade = np.where(match >= n_want, 3, np.where(match > 0, 2, 1)) if n_want else np.full(len(same_type), 2)
@@ -507,12 +537,13 @@ class _Simulation:
         relevant_grade = grade[order]
         # an imperfect ranker over the category
         true_rel = np.zeros(len(pool))
-        pos_in_pool = np.searchsorted(pool, same_type)
-        ok = (pos_in_pool < len(pool)) & (pool[np.minimum(pos_in_pool, len(pool) - 1)] == same_type)
-        true_rel[pos_in_pool[ok]] = 0.5
-        rel_pos = np.searchsorted(pool, relevant_rows)
-        rel_ok = (rel_pos < len(pool)) & (pool[np.minimum(rel_pos, len(pool) - 1)] == relevant_rows)
-        true_rel[rel_pos[rel_ok]] = relevant_grade[rel_ok]
+        if len(w.group_items[group]):
+            type_pos = self.type_pos[int(w.item_type[target])]  # positions of the type's items in the pool
+            true_rel[type_pos] = 0.5
+            true_rel[type_pos[order]] = relevant_grade
+        else:
+            true_rel[same_type] = 0.5
+            true_rel[relevant_rows] = relevant_grade
         score = true_rel + cfg.ranker_noise * rng.standard_normal(len(pool)) + cfg.popularity_weight * self.pop_z[pool]
         top = np.argsort(-score, kind="stable")[: cfg.exposure_length]
         exposed_rows = pool[top]
