@@ -33,7 +33,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port (0 = any free port).")
     api_key: SecretStr | None = Field(None, description="Bearer key for /retrieve (env RADGR_API_KEY only).")
 
-    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0,
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10000.0,
                                description="Longest wait after the first queued request before its batch runs.")
     max_batch_requests: int = Field(16, ge=1, le=1024, description="Requests per engine batch.")
     max_batch_rows: int = Field(1024, ge=1, le=65536, description="Beam-row budget per batch (sum of beam widths).")
