@@ -1,9 +1,10 @@
 """``radgr index ...`` — build Semantic-ID indexes and convert the Amazon catalog.
 
 - ``radgr index build --catalog PATH --out DIR [--codebooks 256,256,256] [--seed 0] [--embeddings PATH]
-  [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH]``: embeds the catalog
-  (or reads precomputed embeddings), runs residual k-means, writes the index directory with ``stats.json`` inside
-  and prints the statistics table. Exit code 0 on success, 2 on bad input (the message names the field).
+  [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH] [--balanced]``:
+  embeds the catalog (or reads precomputed embeddings), runs residual k-means, writes the index directory with
+  ``stats.json`` inside and prints the statistics table. Exit code 0 on success, 2 on bad input (the message
+  names the field).
 - ``radgr index convert-amazon --items items.json --out catalog.parquet [--popularity-csv valid.csv ...]``.
 """
 
@@ -63,6 +64,8 @@ def build_command(
     dtype: str = typer.Option("float32", "--dtype", help="Encoder precision: float32 or bfloat16."),
     kmeans_iters: int = typer.Option(20, "--kmeans-iters", help="k-means iterations per level."),
     save_embeddings: Path | None = typer.Option(None, "--save-embeddings", help="Also write the embeddings (.npy)."),
+    balanced: bool = typer.Option(False, "--balanced", help="Opt-in: balanced k-means per level (more codes used, "
+                                  "fewer collisions) instead of the paper's plain residual k-means."),
 ) -> int:
     """Build a SID index from a catalog; writes the index directory and its stats.json."""
     from sid_index.build import IndexConfig, build_index, index_stats
@@ -70,7 +73,8 @@ def build_command(
     from sid_index.embeddings import encode_texts, read_embeddings
 
     try:
-        cfg = IndexConfig(codebook_sizes=_parse_codebooks(codebooks), seed=seed, kmeans_iters=kmeans_iters)
+        cfg = IndexConfig(codebook_sizes=_parse_codebooks(codebooks), seed=seed, kmeans_iters=kmeans_iters,
+                          balanced=balanced)
         t0 = time.perf_counter()
         cat = read_catalog(catalog)
         console.print(f"catalog: {cat.num_items:,} items from {catalog}")

@@ -2,7 +2,8 @@
 
 Contract:
 
-- :class:`IndexConfig` (frozen, validated) holds every build setting; ``build_index(catalog, embeddings, cfg)``
+- :class:`IndexConfig` (frozen, validated) holds every build setting (``balanced`` is an opt-in variant: balanced
+  k-means per level; the default is the paper's plain residual k-means); ``build_index(catalog, embeddings, cfg)``
   trains the residual codebooks on a sample, assigns all items in batches, groups identical codes into SIDs
   (popularity order within a SID) and records the config in the index manifest. Deterministic for a fixed seed.
 - :func:`index_stats` returns a JSON-ready dict: ``items``, ``unique_sids``, ``collision_rate`` (= 1 − SIDs/items),
@@ -40,6 +41,8 @@ class IndexConfig:
     train_points_per_centroid: int = 256
     max_train_points: int | None = None
     assign_batch_size: int = 65536
+    balanced: bool = False
+    balance_rounds: int = 5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
@@ -50,7 +53,7 @@ class IndexConfig:
         return RQKMeansConfig(
             codebook_sizes=self.codebook_sizes, seed=self.seed, kmeans_iters=self.kmeans_iters,  # type: ignore[arg-type]
             train_points_per_centroid=self.train_points_per_centroid, max_train_points=self.max_train_points,
-            assign_batch_size=self.assign_batch_size,
+            assign_batch_size=self.assign_batch_size, balanced=self.balanced, balance_rounds=self.balance_rounds,
         )
 
     def to_dict(self) -> dict[str, Any]:

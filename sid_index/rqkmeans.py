@@ -4,11 +4,16 @@ Contract:
 
 - :func:`train_codebooks` draws a seeded training sample of at most ``train_points_per_centroid × max(k)`` rows
   (``max_train_points`` caps it further), runs faiss k-means on it level by level (level ``l`` on the sample's
-  residuals after levels ``< l``, seed ``seed + l``), and returns one float32 ``[k_l, d]`` codebook per level.
-  Memory is bounded by the sample, not by the catalog. A codebook larger than the points it must cluster raises
-  ``ValueError`` naming the level and both numbers.
-- :func:`assign_codes` gives every row its nearest centroid per level (on the running residual), in batches of
-  ``assign_batch_size`` rows, returning int64 ``[n, 3]``. ``x`` may be a read-only memmap.
+  residuals after levels ``< l``, seed ``seed + l``), and returns :class:`Codebooks`: per level float32 centroids
+  ``[k_l, d]`` and float32 biases ``[k_l]`` (all zero unless balanced). Memory is bounded by the sample, not by the
+  catalog. A codebook larger than the points it must cluster raises ``ValueError`` naming the level and both numbers.
+- Code of a residual ``r`` at a level: ``argmin_j ||r - c_j||² + b_j``. Plain residual k-means (the paper's
+  method, the default) has ``b = 0``. ``balanced=True`` (opt-in) refines each level's k-means with a per-centroid
+  bias fitted by dual ascent so that the sample's clusters get about equal sizes (balanced k-means), which spreads
+  items over more codes when residuals are noise-like.
+- :func:`assign_codes` codes every row level by level on the running residual, in batches of
+  ``assign_batch_size`` rows, returning int64 ``[n, 3]``; ``x`` may be a read-only memmap. Biases ride along as an
+  extra coordinate (``||[r, 0] - [c, √(b − min b)]||² = ||r − c||² + b − min b``), so faiss' flat L2 search does it.
 - :func:`assign_codes_reference` is the slow, obviously-correct numpy version (full distance matrix); tests check
   that both agree.
 - Same inputs and seed → same codebooks and codes (faiss k-means is seeded; the sample is drawn with numpy's
@@ -37,6 +42,8 @@ class RQKMeansConfig:
     train_points_per_centroid: int = 256
     max_train_points: int | None = None
     assign_batch_size: int = 65536
+    balanced: bool = False
+    balance_rounds: int = 5
 
     def __post_init__(self) -> None:
         sizes = tuple(self.codebook_sizes)
@@ -55,6 +62,8 @@ class RQKMeansConfig:
                              f"given {self.max_train_points}")
         if self.assign_batch_size < 1:
             raise ValueError(f"assign_batch_size must be >= 1, given {self.assign_batch_size}")
+        if self.balance_rounds < 1:
+            raise ValueError(f"balance_rounds must be >= 1, given {self.balance_rounds}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, given {self.seed}")
 
@@ -66,13 +75,83 @@ class RQKMeansConfig:
         return min(n, cap)
 
 
+@dataclass(frozen=True)
+class Codebooks:
+    """Per level: centroids float32 ``[k_l, d]`` and biases float32 ``[k_l]`` (zeros for plain k-means)."""
+
+    centroids: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.centroids) != NUM_LEVELS or len(self.biases) != NUM_LEVELS:
+            raise ValueError(f"codebooks must hold {NUM_LEVELS} levels, given {len(self.centroids)} centroid sets "
+                             f"and {len(self.biases)} bias sets")
+        d = self.centroids[0].shape[1] if self.centroids[0].ndim == 2 else -1
+        for level, (c, b) in enumerate(zip(self.centroids, self.biases, strict=True)):
+            if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] != d or d < 1:
+                raise ValueError(f"codebooks centroids[{level}] must have shape [k >= 1, {d}], given {list(c.shape)}")
+            if b.shape != (c.shape[0],) or not np.all(np.isfinite(b)):
+                raise ValueError(f"codebooks biases[{level}] must be {c.shape[0]} finite numbers, "
+                                 f"given shape {list(b.shape)}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids[0].shape[1])
+
+    @staticmethod
+    def plain(centroids: list[np.ndarray]) -> Codebooks:
+        """Codebooks without biases (plain nearest-centroid codes)."""
+        cs = tuple(np.ascontiguousarray(c, dtype=np.float32) for c in centroids)
+        return Codebooks(cs, tuple(np.zeros(c.shape[0], dtype=np.float32) for c in cs))
+
+
 def _check_x(x: np.ndarray) -> None:
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"embeddings must be 2-D [items >= 1, dim >= 1], given shape {list(x.shape)}")
 
 
-def train_codebooks(x: np.ndarray, cfg: RQKMeansConfig) -> list[np.ndarray]:
-    """Fit the 3 residual codebooks on a seeded sample of ``x`` ``[n, d]``; returns float32 ``[k_l, d]`` each."""
+def _sq_dists(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared L2 distances ``[m, k]`` (float32, via the expansion; clipped at 0)."""
+    d = (r * r).sum(1)[:, None] - 2.0 * (r @ c.T) + (c * c).sum(1)[None, :]
+    return np.maximum(d, 0.0, out=d)
+
+
+def fit_balance_bias(dists: np.ndarray, steps: int = 100) -> np.ndarray:
+    """Per-centroid biases ``b`` so that ``argmin_j dists[i, j] + b[j]`` gives about ``m / k`` rows per centroid.
+
+    Dual ascent on the capacity constraints: raise the bias of over-full centroids, lower that of under-full ones,
+    step size relative to the typical gap between a row's best and second-best distance, decaying over steps."""
+    m, k = dists.shape
+    if k == 1:
+        return np.zeros(1, dtype=np.float32)
+    target = m / k
+    part = np.partition(dists, 1, axis=1)
+    scale = float(np.median(part[:, 1] - part[:, 0])) + 1e-6
+    b = np.zeros(k, dtype=np.float32)
+    for t in range(steps):
+        counts = np.bincount(np.argmin(dists + b, axis=1), minlength=k)
+        b += np.float32(0.5 * scale / (1.0 + 0.05 * t)) * ((counts - target) / target).astype(np.float32)
+    return b - b.min()
+
+
+def _balanced_refine(residual: np.ndarray, centroids: np.ndarray, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced k-means from a plain start: ``rounds`` × (fit biases, biased assignment, centroid means)."""
+    c = centroids.copy()
+    k = c.shape[0]
+    for _ in range(rounds):
+        dists = _sq_dists(residual, c)
+        a = np.argmin(dists + fit_balance_bias(dists), axis=1)
+        order = np.argsort(a, kind="stable")
+        counts = np.bincount(a, minlength=k)
+        nonempty = np.flatnonzero(counts)
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        sums = np.add.reduceat(residual[order], starts[nonempty], axis=0)
+        c[nonempty] = sums / counts[nonempty, None]
+    return c, fit_balance_bias(_sq_dists(residual, c))
+
+
+def train_codebooks(x: np.ndarray, cfg: RQKMeansConfig) -> Codebooks:
+    """Fit the 3 residual codebooks on a seeded sample of ``x`` ``[n, d]`` (module docstring)."""
     import faiss
 
     _check_x(x)
@@ -87,61 +166,68 @@ def train_codebooks(x: np.ndarray, cfg: RQKMeansConfig) -> list[np.ndarray]:
         sample = np.ascontiguousarray(x[rows], dtype=np.float32)
     else:
         sample = np.array(x, dtype=np.float32, copy=True, order="C")
-    log.info("training %d-level RQ-KMeans %s on %d of %d rows", NUM_LEVELS, cfg.codebook_sizes, m, n)
-    codebooks: list[np.ndarray] = []
+    if cfg.balanced and m * max(cfg.codebook_sizes) > 1 << 28:
+        raise ValueError(f"balanced k-means keeps a [sample, k] distance matrix: train sample {m} × codebook "
+                         f"{max(cfg.codebook_sizes)} must be <= 2**28; lower max_train_points")
+    log.info("training %d-level RQ-KMeans %s on %d of %d rows%s", NUM_LEVELS, cfg.codebook_sizes, m, n,
+             " (balanced)" if cfg.balanced else "")
+    centroids: list[np.ndarray] = []
+    biases: list[np.ndarray] = []
     residual = sample
     for level, k in enumerate(cfg.codebook_sizes):
         km = faiss.Kmeans(d, k, niter=cfg.kmeans_iters, seed=cfg.seed + level, verbose=False,
                           max_points_per_centroid=max(1, -(-m // k)), min_points_per_centroid=1)
         km.train(residual)
-        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32).reshape(k, d)
-        codebooks.append(centroids)
-        _, assign = km.index.search(residual, 1)
-        residual -= centroids[assign[:, 0]]
-    return codebooks
+        c = np.ascontiguousarray(km.centroids, dtype=np.float32).reshape(k, d)
+        if cfg.balanced:
+            c, b = _balanced_refine(residual, c, cfg.balance_rounds)
+            a = np.argmin(_sq_dists(residual, c) + b, axis=1)
+        else:
+            b = np.zeros(k, dtype=np.float32)
+            _, a2 = km.index.search(residual, 1)
+            a = a2[:, 0]
+        centroids.append(c)
+        biases.append(b.astype(np.float32))
+        residual -= c[a]
+    return Codebooks(tuple(centroids), tuple(biases))
 
 
-def _check_codebooks(codebooks: list[np.ndarray], d: int) -> None:
-    if len(codebooks) != NUM_LEVELS:
-        raise ValueError(f"codebooks must hold {NUM_LEVELS} levels, given {len(codebooks)}")
-    for level, c in enumerate(codebooks):
-        if c.ndim != 2 or c.shape[1] != d or c.shape[0] < 1:
-            raise ValueError(f"codebooks[{level}] must have shape [k >= 1, {d}], given {list(c.shape)}")
-
-
-def assign_codes(x: np.ndarray, codebooks: list[np.ndarray], batch_size: int = 65536) -> np.ndarray:
-    """Nearest centroid per level on the running residual, ``batch_size`` rows at a time → int64 ``[n, 3]``."""
+def assign_codes(x: np.ndarray, codebooks: Codebooks, batch_size: int = 65536) -> np.ndarray:
+    """Code per level on the running residual, ``batch_size`` rows at a time → int64 ``[n, 3]``."""
     import faiss
 
     _check_x(x)
     n, d = x.shape
-    _check_codebooks(codebooks, d)
+    if codebooks.dim != d:
+        raise ValueError(f"codebooks dim must equal the embeddings dim {d}, given {codebooks.dim}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, given {batch_size}")
     indexes = []
-    for c in codebooks:
-        ix = faiss.IndexFlatL2(d)
-        ix.add(np.ascontiguousarray(c, dtype=np.float32))
+    for c, b in zip(codebooks.centroids, codebooks.biases, strict=True):
+        ix = faiss.IndexFlatL2(d + 1)  # the extra coordinate carries the bias (module docstring)
+        ix.add(np.ascontiguousarray(np.c_[c, np.sqrt(b - b.min())], dtype=np.float32))
         indexes.append(ix)
     codes = np.empty((n, NUM_LEVELS), dtype=np.int64)
     for lo in range(0, n, batch_size):
-        residual = np.array(x[lo : lo + batch_size], dtype=np.float32, copy=True, order="C")
-        for level, (ix, c) in enumerate(zip(indexes, codebooks, strict=True)):
-            _, a = ix.search(residual, 1)
-            codes[lo : lo + residual.shape[0], level] = a[:, 0]
+        block = np.asarray(x[lo : lo + batch_size], dtype=np.float32)
+        query = np.zeros((block.shape[0], d + 1), dtype=np.float32)
+        query[:, :d] = block
+        residual = query[:, :d]  # a view: updating it updates the query
+        for level, (ix, c) in enumerate(zip(indexes, codebooks.centroids, strict=True)):
+            _, a = ix.search(query, 1)
+            codes[lo : lo + block.shape[0], level] = a[:, 0]
             residual -= c[a[:, 0]]
     return codes
 
 
-def assign_codes_reference(x: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
-    """Slow reference for :func:`assign_codes`: full squared-distance matrices in float64 numpy."""
+def assign_codes_reference(x: np.ndarray, codebooks: Codebooks) -> np.ndarray:
+    """Slow reference for :func:`assign_codes`: full biased squared-distance matrices in float64 numpy."""
     _check_x(x)
-    _check_codebooks(codebooks, x.shape[1])
     residual = np.asarray(x, dtype=np.float64).copy()
     out = np.empty((x.shape[0], NUM_LEVELS), dtype=np.int64)
-    for level, c in enumerate(codebooks):
+    for level, (c, b) in enumerate(zip(codebooks.centroids, codebooks.biases, strict=True)):
         c64 = np.asarray(c, dtype=np.float64)
-        dist = ((residual[:, None, :] - c64[None, :, :]) ** 2).sum(axis=2)
+        dist = ((residual[:, None, :] - c64[None, :, :]) ** 2).sum(axis=2) + np.asarray(b, dtype=np.float64)
         out[:, level] = np.argmin(dist, axis=1)
         residual -= c64[out[:, level]]
     return out

@@ -13,7 +13,14 @@ from sid_index.build import IndexConfig, build_index, index_stats
 from sid_index.catalog import Catalog
 from sid_index.embeddings import read_embeddings
 from sid_index.index import SidIndex
-from sid_index.rqkmeans import RQKMeansConfig, assign_codes, assign_codes_reference, train_codebooks
+from sid_index.rqkmeans import (
+    Codebooks,
+    RQKMeansConfig,
+    assign_codes,
+    assign_codes_reference,
+    fit_balance_bias,
+    train_codebooks,
+)
 
 
 def _catalog(n: int, pop: np.ndarray | None = None) -> Catalog:
@@ -31,8 +38,43 @@ def _mixture(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
 def test_batched_faiss_assignment_matches_reference() -> None:
     x = _mixture(400, 16, 10, seed=1)
     cb = train_codebooks(x, RQKMeansConfig(codebook_sizes=(8, 6, 5), seed=3))
-    assert [c.shape for c in cb] == [(8, 16), (6, 16), (5, 16)]
+    assert [c.shape for c in cb.centroids] == [(8, 16), (6, 16), (5, 16)]
+    assert all(not b.any() for b in cb.biases)
     np.testing.assert_array_equal(assign_codes(x, cb, batch_size=37), assign_codes_reference(x, cb))
+
+
+def test_biased_assignment_matches_reference() -> None:
+    """The bias rides in an extra coordinate for faiss; the reference adds it to the distances directly."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    cents = [rng.normal(size=(k, 8)).astype(np.float32) for k in (7, 5, 3)]
+    biases = [rng.uniform(-2, 2, size=k).astype(np.float32) for k in (7, 5, 3)]
+    cb = Codebooks(tuple(cents), tuple(biases))
+    got = assign_codes(x, cb, batch_size=64)
+    np.testing.assert_array_equal(got, assign_codes_reference(x, cb))
+    assert not np.array_equal(got, assign_codes_reference(x, Codebooks.plain(cents)))
+
+
+def test_balance_bias_equalises_cluster_sizes() -> None:
+    # 400 rows all nearest to centroid 0 (distance 0 vs 1 + small jitter): biases must spread them over 4
+    rng = np.random.default_rng(0)
+    d = np.ones((400, 4), dtype=np.float32) + rng.uniform(0, 0.5, size=(400, 4)).astype(np.float32)
+    d[:, 0] = rng.uniform(0, 0.2, size=400)
+    counts = np.bincount(np.argmin(d + fit_balance_bias(d), axis=1), minlength=4)
+    assert counts.min() >= 80 and counts.max() <= 120
+
+
+def test_balanced_uses_codes_more_evenly() -> None:
+    # 40 tight clusters: after level 0 the residuals are mostly isotropic noise, where plain k-means codes collapse
+    # onto the centroids nearest the origin
+    x = _mixture(2000, 32, 40, seed=3)
+    plain = build_index(_catalog(2000), x, IndexConfig(codebook_sizes=(16, 16, 16)))
+    bal = build_index(_catalog(2000), x, IndexConfig(codebook_sizes=(16, 16, 16), balanced=True))
+    ent_plain = [lv["entropy_normalized"] for lv in index_stats(plain)["levels"]]
+    ent_bal = [lv["entropy_normalized"] for lv in index_stats(bal)["levels"]]
+    assert all(e > 0.99 for e in ent_bal) and ent_plain[2] < 0.9
+    assert bal.num_sids > plain.num_sids
+    assert bal.config["index"]["balanced"] is True
 
 
 def test_same_seed_same_sids_other_seed_differs() -> None:
@@ -123,6 +165,7 @@ def test_codebook_larger_than_items_is_an_error() -> None:
         ({"assign_batch_size": 0}, "assign_batch_size must be >= 1"),
         ({"max_train_points": 4}, "max_train_points must be >= the largest codebook"),
         ({"seed": -1}, "seed must be >= 0"),
+        ({"balance_rounds": 0}, "balance_rounds must be >= 1"),
     ],
 )
 def test_index_config_validation(kwargs, match) -> None:  # type: ignore[no-untyped-def]
