@@ -310,7 +310,7 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=170)
     t = Table(title="engine vs HF constrained generate, beam 128 (ms per request, median)")
     for col in ("prompt", "SIDs", "HF vec", "HF prefix fn", "ours", "ours batched x8", "ratio", "CPU-time ratio",
                 "same", "max |dscore|", "masking"):

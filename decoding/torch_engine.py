@@ -7,8 +7,8 @@ Contract (implements :class:`decoding.engine.RetrievalEngine`, ``name = "torch"`
   ``sid_codes``, ``sid_item_indptr``, ``sid_item_rows``, ``item_ids``, ``num_sids``
   (a :class:`sid_index.index.SidIndex`).
   ``dtype`` (e.g. ``torch.bfloat16``) casts the model in place; ``None`` keeps its dtype.
-- ``retrieve_batch(requests)``: requests are grouped by mode (constrained / unconstrained), sorted by prompt
-  length and cut into chunks whose padded beam rows (``requests × max beam width``) fit ``max_batch_rows``;
+- ``retrieve_batch(requests)``: requests are grouped by mode (constrained / unconstrained), sorted by beam width
+  and prompt length and cut into chunks whose padded beam rows (``requests × max beam width``) fit ``max_batch_rows``;
   each chunk is one :func:`decoding.beam_search.beam_search` call (prompt cache shared by all beams of a request,
   see there). Results come back in request order and do not depend on batch mates.
 - ``RetrievalResult.timings`` (seconds, wall clock of the request's chunk, shared by its batch mates):
@@ -101,8 +101,10 @@ class TorchBeamEngine:
         return [r for r in results if r is not None]
 
     def _chunks(self, requests: Sequence[RetrievalRequest]) -> list[list[int]]:
-        """Request positions per chunk: same mode, similar prompt lengths, ``len × max width <= max_batch_rows``."""
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].constrained, len(requests[i].prompt_ids)))
+        """Request positions per chunk: same mode, similar widths and prompt lengths (less padding),
+        ``len × max width <= max_batch_rows`` (a lone request always forms a chunk)."""
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].constrained, requests[i].beam_width,
+                                                            len(requests[i].prompt_ids)))
         chunks: list[list[int]] = []
         current: list[int] = []
         width = 0
