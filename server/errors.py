@@ -135,6 +135,9 @@ _HTTP_TYPES = {401: "authentication_error", 404: "not_found_error", 405: "invali
 def _http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    if status == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): a schema violation like any other
+        return error_response(422, "the body must be a JSON object (UTF-8)", "invalid_request_error",
+                              code="body_unparsable")
     message = {404: "no such endpoint", 405: "method not allowed"}.get(status, "the request failed")
     type_ = _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     return error_response(status, message, type_, code=str(status), headers=exc.headers)
