@@ -298,6 +298,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax2 = ax.twinx()
     ax2.plot(ns, [100 * r["masking_share"] for r in report["catalog"]], "s--", color="C3", label="masking %")
     ax2.set_ylabel("masking share of time (%)")
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(0, max(100 * r["masking_share"] for r in report["catalog"]) * 1.3)
     ax.set_title("catalog size")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

@@ -6,7 +6,8 @@ Contract (implements :class:`decoding.engine.RetrievalEngine`, ``name = "torch"`
   LM (e.g. Qwen3) whose vocabulary holds the SID tokens at ``vocab``'s offsets; ``index`` provides ``tables``,
   ``sid_codes``, ``sid_item_indptr``, ``sid_item_rows``, ``item_ids``, ``num_sids``
   (a :class:`sid_index.index.SidIndex`).
-  ``dtype`` (e.g. ``torch.bfloat16``) casts the model in place; ``None`` keeps its dtype.
+  ``dtype`` (e.g. ``torch.bfloat16``) casts the model in place; ``None`` keeps its dtype. The model's attention
+  implementation must be ``sdpa`` or ``eager`` (they honour the custom 4D float mask; flash kernels would not).
 - ``retrieve_batch(requests)``: requests are grouped by mode (constrained / unconstrained), sorted by beam width
   and prompt length and cut into chunks whose padded beam rows (``requests × max beam width``) fit ``max_batch_rows``;
   each chunk is one :func:`decoding.beam_search.beam_search` call (prompt cache shared by all beams of a request,
@@ -31,6 +32,9 @@ from decoding.engine import ItemHit, RetrievalRequest, RetrievalResult, SidHit
 from decoding.items import expand_items
 from decoding.sid_vocab import SidVocab
 from sid_index.prefix_tables import PrefixTables
+
+# attention implementations that apply a custom 4D additive float mask as given (flash-attention kernels do not)
+_MASKED_ATTENTION = ("sdpa", "eager")
 
 
 class IndexForDecoding(Protocol):
@@ -57,6 +61,10 @@ class TorchBeamEngine:
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, given {max_batch_rows}")
+        attn = model.config._attn_implementation
+        if attn not in _MASKED_ATTENTION:
+            raise ValueError(f"model attention implementation must be one of {_MASKED_ATTENTION} (the tree-shaped "
+                             f"4D float mask needs it), given {attn!r}")
         if dtype is not None:
             model.to(dtype)
         model.eval()

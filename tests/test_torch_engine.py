@@ -118,6 +118,30 @@ def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-de
         TorchBeamEngine(model, small, index)
 
 
+def test_eager_attention_gives_the_same_result_as_sdpa(setup) -> None:  # type: ignore[no-untyped-def]
+    model, vocab, index = setup
+    (prompt,) = prompts(vocab.vocab_size, [7], seed=5)
+    req = RetrievalRequest(prompt, beam_width=24)
+    [sdpa] = TorchBeamEngine(model, vocab, index).retrieve_batch([req])
+    model.set_attn_implementation("eager")
+    try:
+        [eager] = TorchBeamEngine(model, vocab, index).retrieve_batch([req])
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert [h.sid_row for h in eager.sids] == [h.sid_row for h in sdpa.sids]
+    np.testing.assert_allclose([h.score for h in eager.sids], [h.score for h in sdpa.sids], atol=1e-5, rtol=0)
+
+
+def test_rejects_attention_that_ignores_custom_masks(setup) -> None:  # type: ignore[no-untyped-def]
+    model, vocab, index = setup
+    model.config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="attention implementation"):
+            TorchBeamEngine(model, vocab, index)
+    finally:
+        model.config._attn_implementation = "sdpa"
+
+
 def test_dtype_option_runs_in_bfloat16() -> None:
     tok = make_tiny_tokenizer(SIZES)
     model = make_tiny_model(len(tok), seed=2)
