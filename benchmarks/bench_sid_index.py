@@ -2,14 +2,15 @@
 [--out runs/bench_sid_index]
 
 Builds SID indexes for synthetic 384-d embeddings and prints, per catalog size: build time (k-means training,
-assignment, grouping + tries), peak memory (max RSS of a fresh process doing only that build), index size on disk per
-SID, load time, and lookup throughput: prefix-table gathers (children of random depth-1 / depth-2 prefixes turned
-into boolean masks, vectorised, no per-prefix Python) and marisa SID-string → items lookups. Writes
-``results.json`` and ``results.png`` under ``--out``.
+assignment, grouping + tries), peak memory of a fresh process doing only that build (max RSS, which counts the
+memory-mapped embeddings' pages, and peak anonymous memory, which does not), index size on disk per SID, load
+time, and lookup throughput: prefix-table gathers (children of random depth-1 / depth-2 prefixes turned into
+boolean masks, vectorised, no per-prefix Python), codes → SID row checks and marisa SID-string → items lookups.
+Writes ``results.json`` and ``results.png`` under ``--out``.
 
-Embeddings are a hierarchical Gaussian mixture (coarse centres → fine centres → noise, unit-normalised), written to
-a ``.npy`` file in chunks and memory-mapped by the build, so the measured RSS is that of the build, not of the
-generator. Each size runs in its own subprocess so peak RSS is per build.
+Embeddings (see :func:`make_embeddings`) are a clustered Gaussian mixture of low effective rank, like text
+embeddings, written once per size to a ``.npy`` file by a separate process and memory-mapped by the build. Each
+size is built in its own subprocess, so peak memory is per build.
 """
 
 from __future__ import annotations
@@ -53,6 +54,38 @@ def make_embeddings(path: Path, n: int, seed: int = 0, chunk: int = 100_000, lat
     del out
 
 
+class AnonPeak:
+    """Samples this process' anonymous resident memory (``RssAnon``: heap, not the memory-mapped embeddings file)
+    every 20 ms in a thread; :meth:`stop` returns the peak in MiB."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _anon_mib() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._anon_mib())
+            self._stop.wait(0.02)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self._anon_mib())
+
+
 def _dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
 
@@ -82,11 +115,9 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
     from sid_index.embeddings import read_embeddings
     from sid_index.index import SidIndex
 
-    emb_path = out / f"emb_{n}.npy"
-    if not emb_path.exists():
-        tmp = out / f".emb_{n}.tmp.npy"
-        make_embeddings(tmp, n)
-        tmp.replace(emb_path)
+    emb_path = out / f"emb_{n}.npy"  # made by the parent in another process, so its memory is not counted here
+    sampler = AnonPeak()
+    sampler.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ids = [f"item{i}" for i in range(n)]
     cat = Catalog(item_ids=ids, titles=ids, brands=[""] * n, categories=[""] * n,
@@ -100,6 +131,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
     index.save(idx_dir)
     t_save = time.perf_counter() - t0
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_anon_mib = sampler.stop()
     t0 = time.perf_counter()
     loaded = SidIndex.load(idx_dir)
     t_load = time.perf_counter() - t0
@@ -135,7 +167,8 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
         "collision_rate": stats["collision_rate"], "largest_group": stats["largest_group"],
         "utilization": [lv["utilization"] for lv in stats["levels"]],
         "build_s": t_build, "save_s": t_save, "load_s": t_load,
-        "peak_rss_mib": peak_rss_mib, "rss_before_build_mib": rss_before,
+        "peak_rss_mib": peak_rss_mib, "peak_anon_mib": peak_anon_mib, "rss_before_build_mib": rss_before,
+        "embeddings_file_mib": emb_path.stat().st_size / 2**20,
         "disk_bytes": disk, "disk_bytes_per_sid": disk / stats["unique_sids"],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), **res_lookup,
     }
@@ -149,12 +182,16 @@ def plot(rows: list[dict], path: Path) -> None:  # type: ignore[type-arg]
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     labels = [f"{r['items'] // 1000}k" for r in rows]
-    axes[0].bar(labels, [r["build_s"] for r in rows])
-    axes[0].set_title("build time (s)")
-    axes[1].bar(labels, [r["peak_rss_mib"] for r in rows])
-    axes[1].set_title("peak RSS (MiB)")
     w = 0.4
     xs = np.arange(len(rows))
+    axes[0].bar(xs, [r["build_s"] for r in rows])
+    axes[0].set_xticks(xs, labels)
+    axes[0].set_title("build time (s)")
+    axes[1].bar(xs - w / 2, [r["peak_rss_mib"] for r in rows], w, label="RSS incl. mapped embeddings")
+    axes[1].bar(xs + w / 2, [r["peak_anon_mib"] for r in rows], w, label="anonymous (heap)")
+    axes[1].set_xticks(xs, labels)
+    axes[1].set_title("peak memory (MiB)")
+    axes[1].legend(fontsize=8)
     axes[2].bar(xs - w / 2, [r["prefix_depth1_per_s"] / 1e6 for r in rows], w, label="depth-1 prefixes")
     axes[2].bar(xs + w / 2, [r["prefix_depth2_per_s"] / 1e6 for r in rows], w, label="depth-2 prefixes")
     axes[2].set_xticks(xs, labels)
@@ -172,20 +209,31 @@ def main() -> None:
     ap.add_argument("--codebooks", default="256,256,256")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sid_index")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--gen", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.gen is not None:
+        make_embeddings(args.out, args.gen)
+        return
     cb = tuple(int(x) for x in args.codebooks.split(","))
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.gen is None:
+        args.out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
         print(json.dumps(run_one(args.one, cb, args.out)))  # type: ignore[arg-type]
         return
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
+        emb_path = args.out / f"emb_{n}.npy"
+        if not emb_path.exists():
+            tmp = args.out / f".emb_{n}.tmp.npy"
+            subprocess.run([sys.executable, __file__, "--gen", str(n), "--out", str(tmp)], check=True)
+            tmp.replace(emb_path)
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--codebooks", args.codebooks,
                                "--out", str(args.out)], check=True, capture_output=True, text=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  build {r['build_s']:7.1f} s  "
-              f"peak RSS {r['peak_rss_mib']:7.0f} MiB  disk {r['disk_bytes_per_sid']:5.0f} B/SID  "
+              f"peak RSS {r['peak_rss_mib']:6.0f} MiB (anon {r['peak_anon_mib']:5.0f})  "
+              f"disk {r['disk_bytes_per_sid']:5.0f} B/SID  "
               f"load {r['load_s']:5.2f} s  depth-1 {r['prefix_depth1_per_s'] / 1e6:5.2f} M/s  "
               f"depth-2 {r['prefix_depth2_per_s'] / 1e6:5.2f} M/s  SID→items {r['sid_string_to_items_per_s']:,.0f}/s",
               flush=True)
