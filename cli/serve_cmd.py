@@ -26,6 +26,7 @@ def serve_command(
     max_queue_rows: int = typer.Option(8192, "--max-queue-rows", help="Queued beam rows before 503."),
     request_timeout_s: float = typer.Option(10.0, "--request-timeout-s", help="Per-request deadline (504)."),
     drain_grace_s: float = typer.Option(10.0, "--drain-grace-s", help="SIGTERM grace period for in-flight work."),
+    device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu, cuda or cuda:N."),
     torch_threads: int = typer.Option(0, "--torch-threads", help="torch threads of the engine (0 = default)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> int:
@@ -40,8 +41,8 @@ def serve_command(
         settings = ServerSettings(
             bundle=bundle, host=host, port=port, max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests,
             max_batch_rows=max_batch_rows, max_queue_requests=max_queue_requests, max_queue_rows=max_queue_rows,
-            request_timeout_s=request_timeout_s, drain_grace_s=drain_grace_s, torch_threads=torch_threads,
-            log_level=log_level)
+            request_timeout_s=request_timeout_s, drain_grace_s=drain_grace_s, device=device,
+            torch_threads=torch_threads, log_level=log_level)
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"

@@ -61,6 +61,10 @@ def torch_engine_factory(bundle: Bundle, settings: ServerSettings) -> RetrievalE
         torch.set_num_threads(settings.torch_threads)
     if bundle.model is None:
         raise ValueError("the bundle was loaded without its model; the torch engine needs it")
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    bundle.model.to(device)
     return TorchBeamEngine(bundle.model, bundle.vocab, bundle.index, max_batch_rows=settings.max_batch_rows)
 
 

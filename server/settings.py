@@ -46,6 +46,8 @@ class ServerSettings(BaseSettings):
                                  description="After SIGTERM: how long in-flight requests get to finish.")
     warmup_beam_width: int = Field(MAX_BEAM_WIDTH, ge=1, le=MAX_BEAM_WIDTH,
                                    description="Beam width of the start-up warm-up retrieval.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="Engine device: auto (cuda when available), cpu, cuda or cuda:N.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine (0 = leave).")
     log_level: str = Field("info", description="uvicorn log level.")
 
