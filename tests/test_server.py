@@ -337,3 +337,15 @@ def test_client_disconnects_are_dropped_before_the_model(bundle: Path) -> None:
         assert gate.requests_seen == seen + 1  # only the normal request reached the model after the holder
         text = httpx.get(f"{url}/metrics").text
         assert _metric(text, "radgr_cancellations_total", {"reason": "client_disconnect"}) == 32
+
+
+def test_settings_name_field_and_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_batch_rows must be >= 128"):
+        ServerSettings(max_batch_rows=64)
+    monkeypatch.setenv("RADGR_PORT", "70000")
+    with pytest.raises(ValidationError, match="port"):
+        ServerSettings()
+    monkeypatch.setenv("RADGR_PORT", "8123")
+    assert ServerSettings().port == 8123 and ServerSettings().host == "127.0.0.1"
