@@ -381,6 +381,7 @@ def draw(cum: np.ndarray, rng: np.random.Generator) -> int:
 
 
 _N_MOD_CUM = np.cumsum([0.3, 0.45, 0.25])
+_POOL_CACHE_ENTRIES = 20_000
 
 
 @dataclass
@@ -505,7 +506,9 @@ class _Simulation:
         if hit is None:
             aff = self._affinity(self.users[u], pool)
             cum = np.cumsum(np.exp(self.log_pop[pool] - self.log_pop[pool].max()) * aff**3)
-            hit = self._pool_cache[key] = (aff, cum)
+            hit = (aff, cum)
+            if len(self._pool_cache) < _POOL_CACHE_ENTRIES:  # bounded: memory does not grow with users
+                self._pool_cache[key] = hit
         return hit
 
     def session(self, day: int, index: int) -> Session:

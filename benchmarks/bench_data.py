@@ -1,0 +1,105 @@
+"""Data pipeline throughput: simulated sessions per second and samples built per second, with peak memory.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --sessions 1000000 [--out runs/bench_data]
+
+Each phase runs in its own process so its peak RSS (``ru_maxrss``) is its own:
+1. ``simulate``: the default simulator world (2,400 items), ``sessions / 8`` sessions per day × 8 days, written to
+   ``sessions.parquet`` (streamed in chunks);
+2. ``samples``: ``build_samples`` (split by day, hard search on, N = 3, batch 8192) on those sessions with a SID
+   index made by ``SidIndex.from_codes`` (level 0 = category, levels 1-2 seeded random; no embedding model, so the
+   number measures the sample builder, not the encoder).
+Writes ``bench_data.json`` and ``bench_data.png`` into ``--out`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _simulate(out: str, sessions: int, q: Any) -> None:
+    from training.data.simulator import SimConfig, simulate_to_dir
+
+    per_day = max(1, sessions // 8)
+    cfg = SimConfig(sessions_per_day=per_day, days=8)
+    t0 = time.perf_counter()
+    stats = simulate_to_dir(cfg, out)
+    wall = time.perf_counter() - t0
+    q.put({"phase": "simulate", "rows": stats.sessions, "seconds": wall, "per_second": stats.sessions / wall,
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "pseudo_negative_rate": stats.pseudo_negative_rate})
+
+
+def _samples(out: str, batch_size: int, q: Any) -> None:
+    import numpy as np
+
+    from sid_index.catalog import read_catalog
+    from sid_index.index import SidIndex
+    from training.data.samples import SampleConfig, build_samples
+
+    d = Path(out)
+    cat = read_catalog(d / "catalog.parquet")
+    names = sorted(set(cat.categories))
+    rng = np.random.default_rng(0)
+    codes = np.stack([np.array([names.index(c) for c in cat.categories]), rng.integers(0, 32, cat.num_items),
+                      rng.integers(0, 32, cat.num_items)], axis=1)
+    index = SidIndex.from_codes(cat.item_ids, codes, cat.popularity, cat.categories, (32, 32, 32))
+    t0 = time.perf_counter()
+    stats = build_samples(d / "sessions.parquet", index, d / "samples", SampleConfig(batch_size=batch_size))
+    wall = time.perf_counter() - t0
+    q.put({"phase": "samples", "rows": stats["sessions"], "seconds": wall, "per_second": stats["sessions"] / wall,
+           "samples_written": stats["all"]["samples"],
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _run(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    result = q.get()
+    p.join()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=1_000_000)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_data"))
+    ap.add_argument("--batch-size", type=int, default=8192)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [_run(_simulate, str(args.out), args.sessions), _run(_samples, str(args.out), args.batch_size)]
+    sessions_mib = (args.out / "sessions.parquet").stat().st_size / 2**20
+    result = {"sessions": args.sessions, "sessions_parquet_mib": sessions_mib, "machine": platform.processor() or
+              platform.machine(), "cpu_threads": 1, "phases": rows}
+    (args.out / "bench_data.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'phase':<10} {'rows':>10} {'seconds':>9} {'rows/s':>10} {'peak RSS MiB':>13}")
+    for r in rows:
+        print(f"{r['phase']:<10} {r['rows']:>10,} {r['seconds']:>9.1f} {r['per_second']:>10,.0f} "
+              f"{r['peak_rss_mib']:>13,.0f}")
+    print(f"sessions.parquet: {sessions_mib:.1f} MiB; results in {args.out / 'bench_data.json'}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    names = [r["phase"] for r in rows]
+    axes[0].bar(names, [r["per_second"] for r in rows], color=["tab:blue", "tab:orange"])
+    axes[0].set_title(f"sessions/s ({args.sessions:,} sessions)")
+    axes[1].bar(names, [r["peak_rss_mib"] for r in rows], color=["tab:blue", "tab:orange"])
+    axes[1].set_title("peak RSS (MiB)")
+    fig.tight_layout()
+    fig.savefig(args.out / "bench_data.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
