@@ -106,6 +106,11 @@ def test_unconstrained_items_come_only_from_valid_sids(setup) -> None:  # type: 
     assert sorted({h.sid_row for h in res.items}) == sorted(set(valid_rows))
 
 
+def test_empty_batch_returns_no_results(setup) -> None:  # type: ignore[no-untyped-def]
+    model, vocab, index = setup
+    assert TorchBeamEngine(model, vocab, index).retrieve_batch([]) == []
+
+
 def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-def]
     model, vocab, index = setup
     with pytest.raises(ValueError, match="max_batch_rows"):
