@@ -148,3 +148,31 @@ def test_from_codes_rejects_bad_input(kwargs, match) -> None:  # type: ignore[no
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         SidIndex.from_codes(**args)
+
+
+def test_failed_save_leaves_the_old_index_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = _small_index()
+    out = old.save(tmp_path / "ix")
+    new = SidIndex.from_codes(["z"], np.array([[1, 1, 1]]), np.ones(1), None, (4, 4, 4))
+    import sid_index.index as index_module
+
+    def boom(path):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    # fails after every data file is written, before the manifest and the rename
+    monkeypatch.setattr(index_module, "_sha256", boom)
+    with pytest.raises(OSError, match="disk full"):
+        new.save(out)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+    assert SidIndex.load(out).item_ids == old.item_ids
+
+
+def test_extra_json_is_checksummed(tmp_path: Path) -> None:
+    out = _small_index().save(tmp_path / "ix", extra_json={"stats.json": {"items": 5}})
+    assert json.loads((out / "stats.json").read_text()) == {"items": 5}
+    (out / "stats.json").write_text('{"items": 6}')
+    with pytest.raises(IndexFormatError, match=re.escape("'stats.json' fails its sha256")):
+        SidIndex.load(out)
+    with pytest.raises(ValueError, match="extra_json file names"):
+        _small_index().save(tmp_path / "iy", extra_json={"../x.json": {}})
