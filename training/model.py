@@ -1,7 +1,7 @@
 """The language models radgr trains: Qwen3-architecture presets, loading, and the model-directory format.
 
 Contract:
-- ``PRESETS``: ``tiny`` (≈ 3M parameters; trains on 2 CPU cores in minutes; the demo/test default) and
+- ``PRESETS``: ``tiny`` (≈ 1.3M parameters with a 2k vocabulary; trains on 2 CPU cores in minutes; the demo/test default) and
   ``0.6b`` / ``1.7b`` with the public Qwen3-0.6B / Qwen3-1.7B shapes (for GPU work; the vocabulary is radgr's).
 - ``build_model(preset, vocab_size, seed)`` -> a freshly initialised ``Qwen3ForCausalLM`` (fp32, seeded).
 - ``load_model(dir)`` -> the causal LM saved in a model directory (any local HF causal-LM directory works).
@@ -57,7 +57,7 @@ class ModelPreset:
 
 PRESETS: dict[str, ModelPreset] = {
     # tiny: sized so SFT on the demo data takes minutes on 2 CPU cores and still learns.
-    "tiny": ModelPreset(hidden_size=192, intermediate_size=576, num_hidden_layers=4, num_attention_heads=6,
+    "tiny": ModelPreset(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True),
     # the public Qwen3-0.6B and Qwen3-1.7B shapes (config.json of Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B)
     "0.6b": ModelPreset(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
