@@ -1,8 +1,9 @@
 """The language models radgr trains: Qwen3-architecture presets, loading, and the model-directory format.
 
 Contract:
-- ``PRESETS``: ``tiny`` (≈ 1.3M parameters with a 2k vocabulary; trains on 2 CPU cores in minutes; the demo/test default) and
-  ``0.6b`` / ``1.7b`` with the public Qwen3-0.6B / Qwen3-1.7B shapes (for GPU work; the vocabulary is radgr's).
+- ``PRESETS``: ``tiny`` (≈ 1.3M parameters with a 2k vocabulary; trains on 2 CPU cores in minutes; the demo/test
+  default) and ``0.6b`` / ``1.7b`` with the public Qwen3-0.6B / Qwen3-1.7B shapes (for GPU work; the vocabulary
+  is radgr's).
 - ``build_model(preset, vocab_size, seed)`` -> a freshly initialised ``Qwen3ForCausalLM`` (fp32, seeded).
 - ``load_model(dir)`` -> the causal LM saved in a model directory (any local HF causal-LM directory works).
 - ``save_model_dir(model, tokenizer, out_dir, train_info)`` writes, atomically (temp dir then rename), a standard
