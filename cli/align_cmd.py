@@ -1,15 +1,129 @@
-"""radgr train align, radgr experiment paper-table (placeholder until its issue lands)."""
+"""``radgr train align`` and ``radgr experiment paper-table``.
+
+    radgr train align --method dpo|simpo|orpo|rad-dpo [--no-tlgd --no-rdrw --no-ml-sft]
+                      --sft RUN_DIR/final --samples DIR --out RUN_DIR
+                      [--resume --max-steps N --epochs 1 --batch-size 8 --grad-accum 1 --lr 1e-4 --seed 0
+                       --save-steps 200 --logging-steps 10 --rdrw-window 4096 --limit N]
+    radgr experiment paper-table --samples DIR --index DIR --sft RUN_DIR/final --out DIR
+                      [--seeds 3] [--config default|tiny] [--methods sft,dpo,...] [--dataset-name simulated]
+
+Each command builds a config, calls ``training.align`` / ``training.experiment``, prints a table and returns 0
+(2 on bad input, with a message naming the field).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+# the rows of the paper's table (training.experiment.VARIANTS; a test keeps the two equal)
+ALL_ROWS = "sft,dpo,simpo,orpo,rad-dpo,rad-dpo-no-tlgd,rad-dpo-no-rdrw,rad-dpo-no-ml-sft"
 
 
-def align_command() -> int:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def align_command(
+    method: str = typer.Option(..., "--method", help="dpo, simpo, orpo or rad-dpo."),
+    sft: Path = typer.Option(..., "--sft", help="The SFT checkpoint: RUN_DIR/final of radgr train sft."),
+    samples: Path = typer.Option(..., "--samples", help="Samples directory (radgr data samples): train.parquet."),
+    out: Path = typer.Option(..., "--out", help="Run directory: final/, checkpoints/, train_log.json, loss.png."),
+    no_tlgd: bool = typer.Option(False, "--no-tlgd", help="RAD-DPO ablation: no token-level gradient detachment."),
+    no_rdrw: bool = typer.Option(False, "--no-rdrw", help="RAD-DPO ablation: no dynamic reward weighting (w = 1)."),
+    no_ml_sft: bool = typer.Option(False, "--no-ml-sft", help="RAD-DPO ablation: SFT term on y* only."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (-1: use --epochs)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sessions per micro-batch (baselines: their pairs)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (cosine schedule, 5% warm-up)."),
+    seed: int = typer.Option(0, "--seed"),
+    save_steps: int = typer.Option(200, "--save-steps", help="Checkpoint every N optimizer steps."),
+    logging_steps: int = typer.Option(10, "--logging-steps"),
+    rdrw_window: int = typer.Option(4096, "--rdrw-window", help="RDRW warm-up and sliding window M, in pairs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N sessions."),
+) -> int:
+    """Preference alignment from an SFT checkpoint."""
+    from training.align import AlignConfig, run_align
+    from training.losses import RadDpoConfig
+    from training.model import read_train_info
+    from training.rdrw import RdrwConfig
+    from training.train_common import LOSS_PLOT_FILE, TRAIN_LOG_FILE, TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = AlignConfig(
+            method=method, sft_dir=sft, samples_dir=samples, out_dir=out,
+            train=TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                              save_steps=save_steps, logging_steps=logging_steps, seed=seed),
+            rad=RadDpoConfig(tlgd=not no_tlgd, rdrw=not no_rdrw, ml_sft=not no_ml_sft),
+            rdrw=RdrwConfig(window=rdrw_window), resume=resume, limit=limit,
+        )
+        final = run_align(cfg)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    info = read_train_info(final)
+    t = Table(title=f"align {info.get('variant')} → {final}")
+    t.add_column("statistic")
+    t.add_column("value", justify="right")
+    for key in ("steps", "train_loss", "sessions", "wall_seconds"):
+        v = info.get(key)
+        t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if info.get("rdrw_final"):
+        t.add_row("rdrw pairs seen", str(info["rdrw_final"]["seen"]))
+        q = info["rdrw_final"]["quartiles"]
+        t.add_row("rdrw quartiles", "warm-up" if q is None else ", ".join(f"{x:.3f}" for x in q))
+    console.print(t)
+    console.print(f"log: {out / TRAIN_LOG_FILE}  loss curve: {out / LOSS_PLOT_FILE}")
+    return 0
 
 
-def paper_table_command() -> int:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def paper_table_command(
+    samples: Path = typer.Option(..., "--samples", help="Samples directory: train.parquet and test.parquet."),
+    index: Path = typer.Option(..., "--index", help="SID index directory."),
+    sft: Path = typer.Option(..., "--sft", help="The SFT checkpoint every method starts from (RUN_DIR/final)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: paper_table.{json,md,png}, runs/."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per aligned method."),
+    config: str = typer.Option("default", "--config", help="default (≈ 60 min on 2 CPU cores) or tiny (CI)."),
+    methods: str = typer.Option(ALL_ROWS, "--methods", help="Comma-separated subset of the rows."),
+    dataset_name: str = typer.Option("simulated", "--dataset-name",
+                                     help="Label of the data in the report, e.g. simulated or amazon."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Override the preset's steps per run."),
+    lr: float | None = typer.Option(None, "--lr", help="Override the preset's learning rate."),
+) -> int:
+    """SFT, DPO, SimPO, ORPO, RAD-DPO and the three ablations from one SFT checkpoint, over seeds."""
+    from training.experiment import PAPER_NAMES, ExperimentConfig, run_experiment
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, object] = {}
+    if max_steps is not None:
+        overrides["max_steps"] = max_steps
+    if lr is not None:
+        overrides["lr"] = lr
+    try:
+        cfg = ExperimentConfig(samples_dir=samples, index_dir=index, sft_dir=sft, out_dir=out, seeds=seeds,
+                               preset=config, variants=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                               dataset_name=dataset_name, overrides=overrides)
+        paths = run_experiment(cfg, progress=lambda msg: console.print(f"[bold]{msg}"))
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    doc = json.loads(paths["json"].read_text())
+    t = Table(title=f"paper table — {dataset_name} ({config}, {seeds} seed(s))")
+    heads = ("halluc.", "R@10", "MRR", "SID R@8", "SID MRR")
+    t.add_column("method")
+    for h in heads:
+        t.add_column(h, justify="right")
+    for variant, row in doc["aggregate"].items():
+        t.add_row(PAPER_NAMES[variant], *(f"{row[h][0]:.4f} ± {row[h][1]:.4f}" if h in row else "–" for h in heads))
+    console.print(t)
+    for c in doc["checks"]:
+        console.print(f"{c['claim']}: holds on {c['holds_on']}/{c['of']} headline metrics")
+    console.print(f"table: {paths['markdown']}  json: {paths['json']}  chart: {paths['png']}")
+    return 0

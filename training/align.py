@@ -102,7 +102,10 @@ class AlignConfig:
 
 # ---------------------------------------------------------------------------------------------- examples
 def encode_sessions(samples: Any, tokenizer: Any, vocab: SidVocab, max_length: int) -> list[dict[str, Any]]:
-    """One example dict per usable sample (≥ 1 positive and ≥ 1 negative); each distinct prompt tokenized once."""
+    """One example dict per usable sample (≥ 1 positive and ≥ 1 negative); each distinct prompt tokenized once.
+
+    ``input_ids`` holds the prompt ids (the key Trainer's length-grouped sampler reads).
+    """
     cache: dict[str, list[int]] = {}
     out: list[dict[str, Any]] = []
     for row, s in enumerate(samples):
@@ -126,7 +129,7 @@ def encode_sessions(samples: Any, tokenizer: Any, vocab: SidVocab, max_length: i
             cache[s.prompt] = ids
         relevant = s.negative_relevant
         out.append({
-            "prompt_ids": ids,
+            "input_ids": ids,
             "pos": [list(vocab.candidate_ids(c)) for c in s.positive_codes],
             "pos_codes": [list(c) for c in s.positive_codes],
             "top_index": int(s.top_index),
@@ -176,7 +179,7 @@ class PackedSessionCollator:
     pad_id: int
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        packed = pack_sessions([f["prompt_ids"] for f in features], [f["pos"] + f["neg"] for f in features],
+        packed = pack_sessions([f["input_ids"] for f in features], [f["pos"] + f["neg"] for f in features],
                                self.pad_id)
         out: dict[str, Any] = _packed_dict(packed)
         npos = [len(f["pos"]) for f in features]
@@ -207,7 +210,7 @@ class PairCollator:
         for f in features:
             for i in range(len(f["pos"])):  # = training.data.samples.pairwise_pairs order: (i, j) row-major
                 for j in range(len(f["neg"])):
-                    prompts.append(f["prompt_ids"])
+                    prompts.append(f["input_ids"])
                     chosen.append(f["pos"][i])
                     rejected.append(f["neg"][j])
                     prefix.append(_lcp(f["pos_codes"][i], f["neg_codes"][j]))
