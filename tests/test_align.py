@@ -137,3 +137,18 @@ def test_ablation_switches_only_for_rad_dpo(sft_checkpoint, tmp_path: Path) -> N
         _cfg("ppo", sft, samples, tmp_path / "x")
     cfg = _cfg("rad-dpo", sft, samples, tmp_path / "x", rad=RadDpoConfig(tlgd=False, ml_sft=False))
     assert cfg.variant == "rad-dpo-no-tlgd-no-ml-sft"
+
+
+def test_cli_train_align(sft_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from cli.main import main
+
+    sft, samples = sft_checkpoint
+    out = tmp_path / "cli"
+    base = ["train", "align", "--sft", str(sft), "--samples", str(samples), "--out", str(out)]
+    assert main([*base, "--method", "rad-dpo", "--no-tlgd", "--max-steps", "2", "--batch-size", "4",
+                 "--rdrw-window", "8", "--logging-steps", "1"]) == 0
+    info = json.loads((out / "final" / "radgr_train.json").read_text())
+    assert info["variant"] == "rad-dpo-no-tlgd" and info["ablations"]["tlgd"] is False
+    assert info["loss_config"]["rdrw"]["window"] == 8
+    assert main([*base, "--method", "ppo"]) == 2
+    assert main([*base, "--method", "dpo", "--no-rdrw"]) == 2
