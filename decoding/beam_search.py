@@ -247,11 +247,12 @@ def beam_search(
     plen = ids.shape[1]
     mask = prefill_mask(pad, plen, dtype)
     positions = (torch.arange(plen, device=device)[None, :] - pad[:, None]).clamp_min(0)
-    t_mask += time.perf_counter() - t0
+    tp = time.perf_counter()
+    t_mask += tp - t0
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     logits = out.logits[:, -1:, :]  # [R, 1, V]: one root beam per request
-    t_prefill = time.perf_counter() - t0
+    t_prefill = time.perf_counter() - tp
 
     # beam state, [R, Bcur]; at level 0 every request has one root beam (node 0)
     scores = torch.zeros((n_req, 1), dtype=torch.float32, device=device)
