@@ -1,7 +1,7 @@
 """``radgr train sft`` and ``radgr eval``.
 
     radgr train sft --samples DIR --index DIR --out RUN_DIR [--preset tiny | --model PATH] [--catalog PATH]
-                    [--epochs 3 --lr 2e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1
+                    [--epochs 1 --lr 3e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1
                      --seed 0 --resume --limit N]
     radgr eval --model RUN_DIR/final --index DIR --samples DIR [--baseline popularity] [--beam-width 128
                --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
@@ -23,7 +23,20 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
-SFT_DEFAULTS = {"epochs": 3.0, "lr": 2e-3, "batch_size": 64}
+
+class _D:
+    """``training.sft.SFT_TRAIN_DEFAULTS`` as plain numbers, so ``radgr --help`` does not import torch
+    (``tests/test_sft_cli.py`` checks they agree)."""
+
+    epochs = 1.0
+    lr = 3e-3
+    batch_size = 64
+    grad_accum = 1
+    save_steps = 200
+    logging_steps = 10
+    max_steps = -1
+    seed = 0
+
 
 
 def sft_command(
@@ -33,14 +46,14 @@ def sft_command(
     preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, 0.6b, 1.7b (ignored with --model)."),
     model: Path | None = typer.Option(None, "--model", help="A local Hugging Face causal-LM directory instead."),
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog whose titles also train the tokenizer."),
-    epochs: float = typer.Option(SFT_DEFAULTS["epochs"], "--epochs"),
-    lr: float = typer.Option(SFT_DEFAULTS["lr"], "--lr", help="Peak learning rate (cosine schedule, 5% warm-up)."),
-    batch_size: int = typer.Option(SFT_DEFAULTS["batch_size"], "--batch-size", help="Pairs per device micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    save_steps: int = typer.Option(200, "--save-steps", help="Checkpoint every N optimizer steps."),
-    logging_steps: int = typer.Option(10, "--logging-steps"),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (-1: use --epochs)."),
-    seed: int = typer.Option(0, "--seed"),
+    epochs: float = typer.Option(_D.epochs, "--epochs"),
+    lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (cosine schedule, 5% warm-up)."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Pairs per device micro-batch."),
+    grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per optimizer step."),
+    save_steps: int = typer.Option(_D.save_steps, "--save-steps", help="Checkpoint every N optimizer steps."),
+    logging_steps: int = typer.Option(_D.logging_steps, "--logging-steps"),
+    max_steps: int = typer.Option(_D.max_steps, "--max-steps", help="Stop after N optimizer steps (-1: use --epochs)."),
+    seed: int = typer.Option(_D.seed, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N (prompt, positive) pairs."),
     tokenizer_vocab: int = typer.Option(2048, "--tokenizer-vocab", help="BPE vocabulary size (presets)."),

@@ -156,3 +156,11 @@ def test_sft_from_a_local_hf_model_adds_sid_tokens(tmp_path: Path) -> None:
     assert model.get_input_embeddings().num_embeddings == len(tok)
     info = read_train_info(run / "final")
     assert info["model"]["base_model"] == str(base) and info["model"]["preset"] is None
+
+
+def test_cli_defaults_match_the_library_defaults() -> None:
+    from cli.train_cmd import _D
+    from training.sft import SFT_TRAIN_DEFAULTS
+
+    for name in ("epochs", "lr", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_steps", "seed"):
+        assert getattr(_D, name) == getattr(SFT_TRAIN_DEFAULTS, name), name

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ from training.train_common import (
 logger = logging.getLogger(__name__)
 
 CANDIDATE_LEN = NUM_LEVELS + 1  # 3 SID tokens + EOS
+
+# Tuned for the tiny preset on the demo data (docs/training.md): one epoch learns the query -> SID mapping well.
+SFT_TRAIN_DEFAULTS = TrainConfig(epochs=1.0, lr=3e-3, batch_size=64, save_steps=200, logging_steps=10)
 
 
 # ---------------------------------------------------------------- examples
@@ -177,7 +180,7 @@ class SftConfig:
     preset: str = "tiny"
     model_path: Path | None = None
     catalog_path: Path | None = None  # titles for the tokenizer (presets)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = SFT_TRAIN_DEFAULTS
     resume: bool = False
     tokenizer_vocab_size: int = 2048
     limit: int | None = None  # use only the first N pairs (smoke runs)
