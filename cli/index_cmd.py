@@ -3,8 +3,8 @@
 - ``radgr index build --catalog PATH --out DIR [--codebooks 256,256,256] [--seed 0] [--embeddings PATH]
   [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH] [--balanced]``:
   embeds the catalog (or reads precomputed embeddings), runs residual k-means, writes the index directory with
-  ``stats.json`` inside and prints the statistics table. Exit code 0 on success, 2 on bad input (the message
-  names the field).
+  ``stats.json`` (and ``stats.png``: code frequency per level, items-per-SID histogram) inside and prints the
+  statistics table. Exit code 0 on success, 2 on bad input (the message names the field).
 - ``radgr index convert-amazon --items items.json --out catalog.parquet [--popularity-csv valid.csv ...]``.
 """
 
@@ -14,11 +14,15 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from sid_index.index import SidIndex
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -49,6 +53,37 @@ def stats_table(stats: dict) -> Table:  # type: ignore[type-arg]
         table.add_row(f"level {lv['level']} entropy", f"{lv['entropy_bits']:.2f} bits "
                       f"({lv['entropy_normalized']:.3f} of max)")
     return table
+
+
+def write_stats_png(index: SidIndex, path: Path) -> None:
+    """Per-level code frequencies (sorted) and the items-per-SID histogram, as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    item_codes = index.sid_codes[index.item_sid_row]
+    for level, k in enumerate(index.codebook_sizes):
+        counts = np.sort(np.bincount(item_codes[:, level], minlength=k))[::-1]
+        axes[0].plot(np.arange(k), counts, label=f"level {level} ({np.count_nonzero(counts)}/{k} used)")
+    axes[0].set_xlabel("code rank")
+    axes[0].set_ylabel("items")
+    axes[0].set_yscale("log")
+    axes[0].set_title("code frequency per level")
+    axes[0].legend(fontsize=8)
+    group = np.diff(index.sid_item_indptr)
+    sizes = np.bincount(group)
+    axes[1].bar(np.arange(1, sizes.shape[0]), sizes[1:])
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("items per SID")
+    axes[1].set_ylabel("SIDs")
+    axes[1].set_title(f"{index.num_items:,} items → {index.num_sids:,} SIDs")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 @app.command("build")
@@ -94,11 +129,13 @@ def build_command(
         stats = index_stats(index)
         stats["seconds"] = {"embed": round(t_emb, 3), "total": round(time.perf_counter() - t0, 3)}
         index.save(out, extra_json={"stats.json": stats})
+        write_stats_png(index, out / "stats.png")
     except (ValueError, FileNotFoundError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         return 2
     console.print(stats_table(stats))
-    console.print(f"index written to {out} ({stats['seconds']['total']:.1f} s); stats in {out / 'stats.json'}")
+    console.print(f"index written to {out} ({stats['seconds']['total']:.1f} s); stats in {out / 'stats.json'} "
+                  f"and {out / 'stats.png'}")
     return 0
 
 

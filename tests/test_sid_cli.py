@@ -37,6 +37,7 @@ def test_build_with_precomputed_embeddings(tmp_path: Path, capsys) -> None:  # t
     out = capsys.readouterr().out
     assert "unique SIDs" in out and "level 0 codes used" in out
     stats = json.loads((tmp_path / "ix" / "stats.json").read_text())
+    assert (tmp_path / "ix" / "stats.png").read_bytes()[:4] == b"\x89PNG"
     ix = SidIndex.load(tmp_path / "ix")
     assert stats["items"] == 300 and stats["unique_sids"] == ix.num_sids
     assert stats["codebook_sizes"] == [8, 4, 4] and len(stats["levels"]) == 3
