@@ -2,14 +2,15 @@
 
 Contract (implements :class:`decoding.engine.RetrievalEngine`, ``name = "torch"``):
 
-- ``TorchBeamEngine(model, vocab, index, *, max_batch_rows=2048, dtype=None)``: ``model`` is a Hugging Face causal
-  LM (e.g. Qwen3) whose vocabulary holds the SID tokens at ``vocab``'s offsets; ``index`` provides ``tables``,
-  ``sid_codes``, ``sid_item_indptr``, ``sid_item_rows``, ``item_ids``, ``num_sids``
-  (a :class:`sid_index.index.SidIndex`).
+- ``TorchBeamEngine(model, vocab, index, *, max_batch_rows=2048, dtype=None, max_prefill_tokens=65536)``:
+  ``model`` is a Hugging Face causal LM (e.g. Qwen3) whose vocabulary holds the SID tokens at ``vocab``'s
+  offsets; ``index`` provides ``tables``, ``sid_codes``, ``sid_item_indptr``, ``sid_item_rows``, ``item_ids``,
+  ``num_sids`` (a :class:`sid_index.index.SidIndex`).
   ``dtype`` (e.g. ``torch.bfloat16``) casts the model in place; ``None`` keeps its dtype. The model's attention
   implementation must be ``sdpa`` or ``eager`` (they honour the custom 4D float mask; flash kernels would not).
 - ``retrieve_batch(requests)``: requests are grouped by mode (constrained / unconstrained), sorted by beam width
-  and prompt length and cut into chunks whose padded beam rows (``requests × max beam width``) fit ``max_batch_rows``;
+  and prompt length and cut into chunks whose padded beam rows (``requests × max beam width``) fit
+  ``max_batch_rows`` and whose padded prompt tokens (``requests × longest prompt``) fit ``max_prefill_tokens``;
   each chunk is one :func:`decoding.beam_search.beam_search` call (prompt cache shared by all beams of a request,
   see there). Results come back in request order and do not depend on batch mates.
 - ``RetrievalResult.timings`` (seconds, wall clock of the request's chunk, shared by its batch mates):
@@ -57,10 +58,12 @@ class TorchBeamEngine:
 
     def __init__(
         self, model: Any, vocab: SidVocab, index: IndexForDecoding, *, max_batch_rows: int = 2048,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None, max_prefill_tokens: int = 65536,
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, given {max_batch_rows}")
+        if max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1, given {max_prefill_tokens}")
         attn = model.config._attn_implementation
         if attn not in _MASKED_ATTENTION:
             raise ValueError(f"model attention implementation must be one of {_MASKED_ATTENTION} (the tree-shaped "
@@ -85,6 +88,7 @@ class TorchBeamEngine:
         self.vocab = vocab
         self.index = index
         self.max_batch_rows = int(max_batch_rows)
+        self.max_prefill_tokens = int(max_prefill_tokens)
         self._input_size = int(model.get_input_embeddings().weight.shape[0])
         self._device = next(model.parameters()).device
         self._trie = TrieTensors.from_tables(tables, self._device)
@@ -110,23 +114,29 @@ class TorchBeamEngine:
 
     def _chunks(self, requests: Sequence[RetrievalRequest]) -> list[list[int]]:
         """Request positions per chunk: same mode, similar widths and prompt lengths (less padding),
-        ``len × max width <= max_batch_rows`` (a lone request always forms a chunk)."""
+        ``len × max width <= max_batch_rows`` and ``len × longest prompt <= max_prefill_tokens`` (a lone request
+        always forms a chunk)."""
         order = sorted(range(len(requests)), key=lambda i: (requests[i].constrained, requests[i].beam_width,
                                                             len(requests[i].prompt_ids)))
         chunks: list[list[int]] = []
         current: list[int] = []
-        width = 0
+        width = length = 0
         for i in order:
             req = requests[i]
             new_width = max(width, req.beam_width)
-            fits = current and requests[current[0]].constrained == req.constrained
-            if fits and (len(current) + 1) * new_width <= self.max_batch_rows:
+            new_length = max(length, len(req.prompt_ids))
+            fits = (
+                bool(current) and requests[current[0]].constrained == req.constrained
+                and (len(current) + 1) * new_width <= self.max_batch_rows
+                and (len(current) + 1) * new_length <= self.max_prefill_tokens
+            )
+            if fits:
                 current.append(i)
-                width = new_width
+                width, length = new_width, new_length
             else:
                 if current:
                     chunks.append(current)
-                current, width = [i], req.beam_width
+                current, width, length = [i], req.beam_width, len(req.prompt_ids)
         if current:
             chunks.append(current)
         return chunks

@@ -81,6 +81,9 @@ def test_batched_and_chunked_results_equal_single_requests(setup) -> None:  # ty
     together = engine.retrieve_batch(reqs)
     assert len(together) == len(reqs)
     assert max(r.timings["chunk_requests"] for r in together) >= 2
+    by_tokens = TorchBeamEngine(model, vocab, index, max_prefill_tokens=25).retrieve_batch(reqs)  # prompt budget
+    assert max(r.timings["chunk_requests"] for r in by_tokens) <= 3
+    assert [[h.sid_row for h in r.sids] for r in by_tokens] == [[h.sid_row for h in r.sids] for r in together]
     for req, got in zip(reqs, together, strict=True):
         [alone] = TorchBeamEngine(model, vocab, index).retrieve_batch([req])
         expect_n = min(req.beam_width, index.num_sids) if req.constrained else req.beam_width
@@ -115,6 +118,8 @@ def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-de
     model, vocab, index = setup
     with pytest.raises(ValueError, match="max_batch_rows"):
         TorchBeamEngine(model, vocab, index, max_batch_rows=0)
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        TorchBeamEngine(model, vocab, index, max_prefill_tokens=0)
     engine = TorchBeamEngine(model, vocab, index)
     with pytest.raises(ValueError, match=r"requests\[1\].prompt_ids"):
         engine.retrieve_batch([RetrievalRequest((3, 4)), RetrievalRequest((3, 10_000))])
