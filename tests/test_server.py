@@ -349,3 +349,12 @@ def test_settings_name_field_and_bound(monkeypatch: pytest.MonkeyPatch) -> None:
         ServerSettings()
     monkeypatch.setenv("RADGR_PORT", "8123")
     assert ServerSettings().port == 8123 and ServerSettings().host == "127.0.0.1"
+
+
+def test_serve_command_refuses_bad_options_and_missing_bundle(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from cli.main import main
+
+    assert main(["serve", "--bundle", str(tmp_path), "--max-batch-rows", "64"]) == 2
+    assert "max_batch_rows must be >= 128" in capsys.readouterr().err
+    assert main(["serve", "--bundle", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
