@@ -404,10 +404,11 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
              responses={503: _ERROR_RESPONSES[503]},
              summary="200 only when the bundle is loaded, warm-up done and not draining.")
     async def ready(serving: ServingState = Depends(get_state)) -> schemas.HealthResponse:
+        retry = {"Retry-After": str(serving.settings.retry_after_s)}  # probes are not counted as rejections
         if serving.draining:
-            raise _unavailable(serving, "draining", "the server is draining")
+            raise ApiError(503, "the server is draining", "overloaded_error", code="draining", headers=retry)
         if not serving.ready or not serving.alive:
-            raise _unavailable(serving, "not_ready", "the server is not ready")
+            raise ApiError(503, "the server is not ready", "overloaded_error", code="not_ready", headers=retry)
         return schemas.HealthResponse(status="ok")
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format).",
