@@ -1,6 +1,7 @@
 """Data pipeline throughput: simulated sessions per second and samples built per second, with peak memory.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --sessions 1000000 [--out runs/bench_data]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --sweep 0,0.5,1,2,3 [--out runs/bench_data]
 
 Each phase runs in its own process so its peak RSS (``ru_maxrss``) is its own:
 1. ``simulate``: the default simulator world (2,400 items), ``sessions / 8`` sessions per day × 8 days, written to
@@ -9,6 +10,9 @@ Each phase runs in its own process so its peak RSS (``ru_maxrss``) is its own:
    index made by ``SidIndex.from_codes`` (level 0 = category, levels 1-2 seeded random; no embedding model, so the
    number measures the sample builder, not the encoder).
 Writes ``bench_data.json`` and ``bench_data.png`` into ``--out`` and prints a table.
+
+``--sweep`` instead simulates the default config (12,000 sessions) at each position-bias value and writes
+``position_bias.json`` / ``position_bias.png``: pseudo-negative rate and clicks per session against the knob.
 """
 
 from __future__ import annotations
@@ -68,13 +72,45 @@ def _run(target: Any, *args: Any) -> dict[str, Any]:
     return result
 
 
+def sweep(values: list[float], out: Path) -> None:
+    """Pseudo-negative rate and clicks per session against the position-bias knob (default config otherwise)."""
+    from training.data.simulator import SimConfig, generate_world, iter_simulated_sessions
+
+    world = generate_world(SimConfig())
+    rows = []
+    for v in values:
+        stats: list[Any] = []
+        for _ in iter_simulated_sessions(world, SimConfig(position_bias=v), stats_out=stats):
+            pass
+        rows.append({"position_bias": v, **stats[0].to_dict()})
+        print(f"position_bias {v:4.1f}: pseudo-negative rate {stats[0].pseudo_negative_rate:.4f}, "
+              f"clicks/session {stats[0].clicks_per_session:.3f}, orders/session {stats[0].orders_per_session:.3f}")
+    (out / "position_bias.json").write_text(json.dumps(rows, indent=2) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(values, [r["pseudo_negative_rate"] for r in rows], "o-", label="pseudo-negative rate")
+    ax.plot(values, [r["clicks_per_session"] / 10 for r in rows], "s--", label="clicks per session / 10")
+    ax.set_xlabel("position_bias (examination = (k+1)^-bias)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "position_bias.png", dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_data"))
     ap.add_argument("--batch-size", type=int, default=8192)
+    ap.add_argument("--sweep", type=str, default="", help="Comma-separated position-bias values to sweep instead.")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        sweep([float(v) for v in args.sweep.split(",")], args.out)
+        return
     rows = [_run(_simulate, str(args.out), args.sessions), _run(_samples, str(args.out), args.batch_size)]
     sessions_mib = (args.out / "sessions.parquet").stat().st_size / 2**20
     result = {"sessions": args.sessions, "sessions_parquet_mib": sessions_mib, "machine": platform.processor() or
