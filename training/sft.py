@@ -20,6 +20,8 @@ Contract:
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -217,9 +219,13 @@ def prepare_model_and_tokenizer(cfg: SftConfig, index: Any, prompts: Sequence[st
     if tok_dir.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     else:
+        # every rank trains the same (deterministic) BPE in memory; only rank 0 writes it
         titles = _catalog_titles(cfg.catalog_path)
         tokenizer = build_tokenizer([*titles, *prompts], sizes, vocab_size=cfg.tokenizer_vocab_size)
-        tokenizer.save_pretrained(str(tok_dir))
+        if int(os.environ.get("RANK", "0")) == 0:
+            tmp = Path(tempfile.mkdtemp(dir=cfg.out_dir, prefix=".tokenizer.", suffix=".tmp"))
+            tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, tok_dir)
     model = build_model(cfg.preset, len(tokenizer), seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id)
     return model.train(), tokenizer
