@@ -207,6 +207,8 @@ class _Counters:
     history_used: int = 0
     history_unknown: int = 0
     same_sid_dropped: int = 0
+    categorized: int = 0  # samples with a query and a top positive with a category
+    categorized_right: int = 0  # ... whose query the categorizer maps to that category
 
 
 def build_sample(
@@ -445,6 +447,7 @@ def _finish_stats(c: _Counters) -> dict[str, Any]:
         "history_items_in_prompt_per_sample": _ratio(c.history_used, c.samples),
         "history_items_unknown_to_index": c.history_unknown,
         "negatives_dropped_same_sid_as_positive": c.same_sid_dropped,
+        "categorizer_accuracy": _ratio(c.categorized_right, c.categorized),
     }
 
 
@@ -482,6 +485,7 @@ def build_samples(
     counters = {s: _Counters() for s in SPLITS}
     writers = {s: _SampleWriter(out / f"{s}.parquet") for s in SPLITS}
     sessions = skipped_no_positive = skipped_no_split = 0
+    predicted: dict[str, str | None] = {}  # query → predicted category, for the accuracy statistic
     ok = False
     try:
         for batch in iter_session_batches(sessions_path, cfg.batch_size):
@@ -496,6 +500,14 @@ def build_samples(
                     skipped_no_positive += 1
                     continue
                 writers[split].add(sample, cfg.batch_size)
+                top_row = index.item_row(sample.positive_items[sample.top_index])
+                top_category = index.item_category[top_row] if top_row is not None else ""
+                if s.query and top_category:
+                    guess = predicted.get(s.query, "") if s.query in predicted else categorizer.predict(s.query)
+                    if len(predicted) < 100_000:  # bounded cache
+                        predicted[s.query] = guess
+                    counters[split].categorized += 1
+                    counters[split].categorized_right += int(guess == top_category)
             if progress is not None:
                 progress(len(batch))
         ok = True
