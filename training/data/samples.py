@@ -503,7 +503,7 @@ def build_samples(
                 top_row = index.item_row(sample.positive_items[sample.top_index])
                 top_category = index.item_category[top_row] if top_row is not None else ""
                 if s.query and top_category:
-                    guess = predicted.get(s.query, "") if s.query in predicted else categorizer.predict(s.query)
+                    guess = predicted[s.query] if s.query in predicted else categorizer.predict(s.query)
                     if len(predicted) < 100_000:  # bounded cache
                         predicted[s.query] = guess
                     counters[split].categorized += 1
