@@ -30,11 +30,24 @@ def _summary(manifest: dict) -> Table:  # type: ignore[type-arg]
     levels = manifest["sid_layout"]["levels"]
     table.add_row("SID tokens", ", ".join(f"L{lv['level']}: {lv['size']} @ {lv['offset']}" for lv in levels))
     table.add_row("files (sha256 checked)", str(len(manifest["files"])))
-    metrics = prov.get("metrics") or {}
-    if metrics:
-        shown = [f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, int | float)][:6]
-        table.add_row("metrics", ", ".join(shown) or "(nested)")
+    leaves = _numeric_leaves(prov.get("metrics") or {})
+    if leaves:
+        quality = [(k, v) for k, v in leaves if "recall" in k or "mrr" in k] or leaves
+        table.add_row("metrics", ", ".join(f"{k}={v:.4f}" for k, v in quality[:6]))
     return table
+
+
+def _numeric_leaves(obj: object, prefix: str = "") -> list[tuple[str, float]]:
+    """Numbers in a nested JSON value as dotted paths (list elements by position), in document order."""
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, int | float):
+        return [(prefix, float(obj))]
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    out: list[tuple[str, float]] = []
+    for key, value in items:
+        out.extend(_numeric_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def export_command(
