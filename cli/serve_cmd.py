@@ -7,6 +7,7 @@ server starts (exit 1 with the failing check); SIGTERM drains (exit 0).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -48,6 +49,8 @@ def serve_command(
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             err_console.print(f"[red]invalid option {where}:[/red] {err['msg']}")
         return 2
+    logging.basicConfig(level=logging.DEBUG if log_level in {"debug", "trace"} else log_level.upper(),
+                        format="%(levelname)s:     %(name)s: %(message)s")
     try:
         verify_bundle(settings.bundle)
     except BundleError as exc:

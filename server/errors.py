@@ -119,8 +119,9 @@ def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
     message = "; ".join(validation_message(e) for e in errors[:5])
     if len(errors) > 5:
         message += f"; and {len(errors) - 5} more"
-    return error_response(422, message, "invalid_request_error", field_path(first.get("loc", ())),
-                          str(first.get("type", "invalid")))
+    kind = str(first.get("type", "invalid"))
+    param = None if kind == "json_invalid" else field_path(first.get("loc", ()))  # a JSON error's loc is an offset
+    return error_response(422, message, "invalid_request_error", param, kind)
 
 
 def _api_error_handler(_: Request, exc: Exception) -> JSONResponse:

@@ -112,6 +112,7 @@ def test_422_invalid_json_does_not_echo_internals(client: TestClient) -> None:
     r = client.post("/retrieve", content=b'{"query": ', headers={"content-type": "application/json"})
     assert r.status_code == 422
     _assert_error_shape(r.json(), "invalid_request_error")
+    assert r.json()["error"]["param"] is None and r.json()["error"]["code"] == "json_invalid"
 
 
 def test_413_declared_and_streamed_bodies(client: TestClient) -> None:
