@@ -96,6 +96,9 @@ def paper_table_command(
                                      help="Label of the data in the report, e.g. simulated or amazon."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override the preset's steps per run."),
     lr: float | None = typer.Option(None, "--lr", help="Override the preset's learning rate."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Override the preset's sessions per step."),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", help="Override the preset's test sessions."),
+    rdrw_window: int | None = typer.Option(None, "--rdrw-window", help="Override the preset's RDRW window M."),
 ) -> int:
     """SFT, DPO, SimPO, ORPO, RAD-DPO and the three ablations from one SFT checkpoint, over seeds."""
     from training.experiment import PAPER_NAMES, ExperimentConfig, run_experiment
@@ -106,10 +109,13 @@ def paper_table_command(
         overrides["max_steps"] = max_steps
     if lr is not None:
         overrides["lr"] = lr
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
     try:
         cfg = ExperimentConfig(samples_dir=samples, index_dir=index, sft_dir=sft, out_dir=out, seeds=seeds,
                                preset=config, variants=tuple(m.strip() for m in methods.split(",") if m.strip()),
-                               dataset_name=dataset_name, overrides=overrides)
+                               dataset_name=dataset_name, overrides=overrides, eval_limit=eval_limit,
+                               rdrw_window=rdrw_window)
         paths = run_experiment(cfg, progress=lambda msg: console.print(f"[bold]{msg}"))
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")

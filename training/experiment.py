@@ -16,8 +16,10 @@ Contract
   against the simulator's true relevance when the data has it, the alignment diagnostics from the training logs,
   and the paper's qualitative claims checked one by one), ``OUT/paper_table.png`` (methods compared, error bars).
   Every file is written atomically.
-- Reuse: a run whose ``OUT/runs/<variant>-seed<k>/eval.json`` exists with the same settings is not redone, so an
-  interrupted experiment continues where it stopped.
+- Runs go seed by seed (all variants of seed 0, then seed 1, ...) and the three files are rewritten after every
+  run (marked partial until the last), so a cut-short experiment still reports whole seeds.
+- Reuse: a run whose ``OUT/runs/<variant>-seed<k>/eval.json`` exists with the same settings is not redone (the SFT
+  row's settings are the evaluation's only), so an interrupted experiment continues where it stopped.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ PRESETS: dict[str, ExperimentPreset] = {
     # sized for ≈ 60 min on 2 CPU cores with the tiny model preset and the simulator's default data:
     # 21 alignment runs of 250 steps × 8 sessions, 22 evaluations of 300 test sessions at beam 128
     "default": ExperimentPreset(
-        train=replace(default_align_train_config(), max_steps=250, batch_size=8, save_steps=250, logging_steps=10),
-        eval=EvalConfig(beam_width=128, top_k=500, batch_size=16, limit=300),
+        train=replace(default_align_train_config(), max_steps=250, batch_size=8, save_steps=250, logging_steps=10,
+                      lr=3e-4),
+        eval=EvalConfig(beam_width=128, top_k=500, batch_size=8, limit=300),
         rdrw_window=512, train_limit=None,
     ),
     # CI: a few steps and a few test sessions, beam 16
@@ -108,6 +111,8 @@ class ExperimentConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     dataset_name: str = "simulated"
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields replacing the preset's
+    eval_limit: int | None = None  # replaces the preset's number of test sessions
+    rdrw_window: int | None = None  # replaces the preset's RDRW window
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -118,13 +123,21 @@ class ExperimentConfig:
         if unknown or not self.variants:
             raise ValueError(f"methods must be a non-empty subset of {', '.join(VARIANTS)}, "
                              f"given {list(self.variants)}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"eval_limit must be >= 1, given {self.eval_limit}")
         bad = [k for k in self.overrides if k not in TrainConfig.__dataclass_fields__]
         if bad:
             raise ValueError(f"overrides name unknown TrainConfig fields {bad}")
 
     def preset_obj(self) -> ExperimentPreset:
         p = PRESETS[self.preset]
-        return replace(p, train=replace(p.train, **self.overrides)) if self.overrides else p
+        if self.overrides:
+            p = replace(p, train=replace(p.train, **self.overrides))
+        if self.eval_limit is not None:
+            p = replace(p, eval=replace(p.eval, limit=self.eval_limit))
+        if self.rdrw_window is not None:
+            p = replace(p, rdrw_window=self.rdrw_window)
+        return p
 
 
 # ------------------------------------------------------------------------------------------------ aggregation
@@ -318,8 +331,30 @@ def _evaluate(model_dir: Path, index: Any, targets: Any, eval_cfg: EvalConfig) -
     return evaluate_engine(engine, tokenizer, targets, eval_cfg)
 
 
+def _write_outputs(cfg: ExperimentConfig, settings: dict[str, Any], eval_cfg: EvalConfig, n_targets: int,
+                   runs: dict[str, list[dict[str, Any]]], diagnostics: dict[str, list[dict[str, float]]],
+                   wall: float, done: int, total: int) -> dict[str, Path]:
+    agg = aggregate(runs)
+    diag = {v: {key: float(np.mean([d[key] for d in ds if key in d])) for key in {k for d in ds for k in d}}
+            for v, ds in diagnostics.items()}
+    doc = {"dataset": cfg.dataset_name, "preset": cfg.preset, "seeds": cfg.seeds, "settings": settings,
+           "eval": asdict(eval_cfg), "test_sessions": n_targets, "aggregate": agg,
+           "aggregate_truth": aggregate(runs, truth=True), "diagnostics": diag, "checks": shape_checks(agg),
+           "runs": runs, "wall_seconds": wall, "runs_done": done, "runs_total": total}
+    out = cfg.out_dir
+    paths = {"json": out / "paper_table.json", "markdown": out / "paper_table.md", "png": out / "paper_table.png"}
+    _atomic_write(paths["json"], (json.dumps(doc, indent=1) + "\n").encode())
+    md = markdown_report(doc)
+    if done < total:
+        md = f"**Partial: {done} of {total} runs finished.**\n\n" + md
+    _atomic_write(paths["markdown"], md.encode())
+    write_chart(doc, paths["png"])
+    return paths
+
+
 def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """Train and evaluate every (variant, seed), aggregate, write JSON/markdown/PNG; returns their paths."""
+    """Train and evaluate every (variant, seed), seed by seed (so a cut-short run still has whole seeds), and
+    rewrite the JSON/markdown/PNG after every run; returns their paths."""
     from sid_index.index import SidIndex
     from training.data.samples import read_samples
     from training.evaluate import targets_from_samples
@@ -333,20 +368,22 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
         raise ValueError(f"{cfg.samples_dir / 'test.parquet'} holds no sessions")
     targets = targets_from_samples(test, index)
     eval_cfg = replace(preset.eval, limit=None)
-    settings = {"preset": cfg.preset, "train": asdict(preset.train), "eval": asdict(preset.eval),
-                "rdrw_window": preset.rdrw_window, "train_limit": preset.train_limit, "sft": str(cfg.sft_dir),
-                "samples": str(cfg.samples_dir)}
-    jobs = [(v, s) for v in cfg.variants for s in (range(1) if VARIANTS[v] is None else range(cfg.seeds))]
+    eval_settings = {"eval": asdict(preset.eval), "sft": str(cfg.sft_dir), "samples": str(cfg.samples_dir)}
+    settings = {**eval_settings, "preset": cfg.preset, "train": asdict(preset.train),
+                "rdrw_window": preset.rdrw_window, "train_limit": preset.train_limit}
+    jobs = [(v, s) for s in range(cfg.seeds) for v in cfg.variants if VARIANTS[v] is not None or s == 0]
     runs: dict[str, list[dict[str, Any]]] = {}
     diagnostics: dict[str, list[dict[str, float]]] = {}
     t0 = time.time()
+    paths: dict[str, Path] = {}
     for k, (variant, seed) in enumerate(jobs, 1):
         run_dir = cfg.out_dir / "runs" / f"{variant}-seed{seed}"
         eval_path = run_dir / "eval.json"
         if progress is not None:
             progress(f"[{k}/{len(jobs)}] {variant} seed {seed} ({time.time() - t0:.0f} s so far)")
+        key = eval_settings if VARIANTS[variant] is None else settings  # the SFT row depends on evaluation only
         cached = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-        if cached is not None and cached.get("settings") == settings:
+        if cached is not None and cached.get("settings") == key:
             entry = cached["entry"]
         else:
             t_run = time.time()
@@ -363,20 +400,10 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
             entry = _evaluate(model_dir, index, targets, eval_cfg)
             entry.update({"variant": variant, "seed": seed, "model": str(model_dir),
                           "train_seconds": t_eval - t_run, "eval_seconds": time.time() - t_eval})
-            _atomic_write(eval_path, (json.dumps({"settings": settings, "entry": entry}, indent=1) + "\n").encode())
+            _atomic_write(eval_path, (json.dumps({"settings": key, "entry": entry}, indent=1) + "\n").encode())
         runs.setdefault(variant, []).append(entry)
         if VARIANTS[variant] is not None:
             diagnostics.setdefault(variant, []).append(diagnostics_from_log(run_dir))
-    agg = aggregate(runs)
-    diag = {v: {key: float(np.mean([d[key] for d in ds if key in d])) for key in {k for d in ds for k in d}}
-            for v, ds in diagnostics.items()}
-    doc = {"dataset": cfg.dataset_name, "preset": cfg.preset, "seeds": cfg.seeds, "settings": settings,
-           "eval": asdict(eval_cfg), "test_sessions": len(targets), "aggregate": agg,
-           "aggregate_truth": aggregate(runs, truth=True), "diagnostics": diag, "checks": shape_checks(agg),
-           "runs": runs, "wall_seconds": time.time() - t0}
-    out = cfg.out_dir
-    paths = {"json": out / "paper_table.json", "markdown": out / "paper_table.md", "png": out / "paper_table.png"}
-    _atomic_write(paths["json"], (json.dumps(doc, indent=1) + "\n").encode())
-    _atomic_write(paths["markdown"], markdown_report(doc).encode())
-    write_chart(doc, paths["png"])
+        paths = _write_outputs(cfg, settings, eval_cfg, len(targets), runs, diagnostics, time.time() - t0, k,
+                               len(jobs))
     return paths
