@@ -152,6 +152,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
         for r in range(reps):
             child_gathers(indptr, codes, nodes[r], width)
         res_lookup[f"prefix_{name}_per_s"] = batch * reps / (time.perf_counter() - t0)
+        res_lookup[f"prefix_{name}_mean_children"] = float(np.diff(indptr).mean())
     # vectorised SID validity check (codes -> SID row) and marisa SID string -> items
     probe = loaded.sid_codes[rng.integers(0, loaded.num_sids, size=100_000)]
     t0 = time.perf_counter()
