@@ -387,12 +387,22 @@ class SidIndex:
             if str(arr.dtype) != dtype:
                 raise IndexFormatError(f"index file {name!r} must have dtype {dtype}, given {arr.dtype}")
             arrays[name] = arr
-        item_ids = json.loads((d / "item_ids.json").read_text())
-        cat_values = json.loads((d / "categories.json").read_text())
-        item_trie = marisa_trie.Trie()
-        item_trie.load(str(d / "item_ids.marisa"))
-        sid_trie = marisa_trie.Trie()
-        sid_trie.load(str(d / "sid_strings.marisa"))
+        loaded_json = {}
+        for name in _JSON_FILES:
+            try:
+                loaded_json[name] = json.loads((d / name).read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise IndexFormatError(f"index file {name!r} is not valid JSON: {exc}") from exc
+        item_ids, cat_values = loaded_json["item_ids.json"], loaded_json["categories.json"]
+        tries = {}
+        for name in _TRIE_FILES:
+            trie = marisa_trie.Trie()
+            try:
+                trie.load(str(d / name))
+            except Exception as exc:  # marisa raises plain RuntimeError/ValueError subclasses on corrupt files
+                raise IndexFormatError(f"index file {name!r} is not a marisa-trie: {exc}") from exc
+            tries[name] = trie
+        item_trie, sid_trie = tries["item_ids.marisa"], tries["sid_strings.marisa"]
         index = _assemble_checked(sizes, arrays, item_ids, cat_values, item_trie, sid_trie, manifest)
         return index
 

@@ -176,3 +176,11 @@ def test_extra_json_is_checksummed(tmp_path: Path) -> None:
         SidIndex.load(out)
     with pytest.raises(ValueError, match="extra_json file names"):
         _small_index().save(tmp_path / "iy", extra_json={"../x.json": {}})
+
+
+@pytest.mark.parametrize("name", ["item_ids.json", "item_ids.marisa"])
+def test_load_names_corrupt_json_and_trie(tmp_path: Path, name: str) -> None:
+    out = _small_index().save(tmp_path / "ix")
+    (out / name).write_bytes(b"\x00garbage")
+    with pytest.raises(IndexFormatError, match=re.escape(f"index file '{name}' is not")):
+        SidIndex.load(out, verify_checksums=False)
