@@ -27,7 +27,7 @@ from sid_index.catalog import read_catalog
 from sid_index.index import SidIndex
 from training.data.amazon import AmazonImportConfig, import_amazon
 from training.data.samples import SampleConfig, build_samples, read_split_file
-from training.data.schema import read_days
+from training.data.schema import count_sessions
 from training.data.simulator import SimConfig, simulate_to_dir
 
 app = typer.Typer(no_args_is_help=True)
@@ -118,7 +118,7 @@ def samples_command(
     split_map = read_split_file(split_file) if split_file is not None else None
     sid_index = SidIndex.load(index)
     pool = read_catalog(catalog).item_ids if catalog is not None else None
-    total = len(read_days(sessions))
+    total = count_sessions(sessions)
     with _progress() as prog:
         task = prog.add_task("building samples", total=total)
         stats = build_samples(sessions, sid_index, out, cfg, split_map, pool, progress=lambda n: prog.advance(task, n))

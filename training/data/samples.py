@@ -37,7 +37,7 @@ from decoding.hard_search import QueryCategorizer
 from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_request
 from sid_index.index import SidIndex
-from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, read_days, sessions_have_truth
+from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, last_day, sessions_have_truth
 
 logger = logging.getLogger(__name__)
 
@@ -388,14 +388,14 @@ def read_split_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return out
 
 
-def _split_of(session: Session, cfg: SampleConfig, last_day: int, split_map: dict[str, str] | None) -> str | None:
+def _split_of(session: Session, cfg: SampleConfig, final_day: int, split_map: dict[str, str] | None) -> str | None:
     if cfg.split == "file":
         return None if split_map is None else split_map.get(session.session_id)
-    return "test" if session.day == last_day else "train"
+    return "test" if session.day == final_day else "train"
 
 
 def fit_categorizer_from_sessions(
-    sessions_path: str | os.PathLike[str], index: SidIndex, cfg: SampleConfig, last_day: int,
+    sessions_path: str | os.PathLike[str], index: SidIndex, cfg: SampleConfig, final_day: int,
     split_map: dict[str, str] | None,
 ) -> tuple[QueryCategorizer, int]:
     """Fit on the train split's (query, category of top positive) pairs; returns (categorizer, pairs used).
@@ -411,7 +411,7 @@ def fit_categorizer_from_sessions(
                 continue
             s = Session(session_id=sid, day=day, user_id="", query=query, clicked=tuple(clicked),
                         ordered=tuple(ordered))
-            if _split_of(s, cfg, last_day, split_map) != "train":
+            if _split_of(s, cfg, final_day, split_map) != "train":
                 continue
             pos, top = positives_of(s, index)
             if pos:
@@ -468,12 +468,11 @@ def build_samples(
         raise ValueError("SampleConfig.split is 'file' but no split_map was given")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    days = read_days(sessions_path)
-    if not days:
+    final_day = last_day(sessions_path)
+    if final_day is None:
         raise ValueError(f"sessions file {str(sessions_path)!r} holds no session")
-    last_day = max(days)
     truth = sessions_have_truth(sessions_path)
-    categorizer, cat_pairs = fit_categorizer_from_sessions(sessions_path, index, cfg, last_day, split_map)
+    categorizer, cat_pairs = fit_categorizer_from_sessions(sessions_path, index, cfg, final_day, split_map)
     pool_rows = None
     if pool_item_ids is not None:
         rows = [index.item_row(i) for i in pool_item_ids]
@@ -491,7 +490,7 @@ def build_samples(
         for batch in iter_session_batches(sessions_path, cfg.batch_size):
             for s in batch:
                 sessions += 1
-                split = _split_of(s, cfg, last_day, split_map)
+                split = _split_of(s, cfg, final_day, split_map)
                 if split is None:
                     skipped_no_split += 1
                     continue
@@ -520,7 +519,7 @@ def build_samples(
         "skipped_no_positive_in_index": skipped_no_positive,
         "skipped_no_split": skipped_no_split,
         "split": cfg.split,
-        "last_day": last_day if cfg.split == "day" else None,
+        "last_day": final_day if cfg.split == "day" else None,
         "ground_truth": truth,
         "prompt_version": PROMPT_VERSION,
         "num_negatives": cfg.num_negatives,

@@ -248,8 +248,24 @@ def read_sessions(path: str | Path) -> list[Session]:
 
 
 def read_days(path: str | Path) -> list[int]:
-    """The ``day`` column alone (cheap: one column is read), e.g. to find the last day before a split."""
+    """The ``day`` column alone (one column is read; for large files prefer :func:`last_day`)."""
     return [int(d) for d in pq.read_table(path, columns=["day"]).column("day").to_pylist()]
+
+
+def count_sessions(path: str | Path) -> int:
+    """Rows in a sessions file, from the Parquet footer (nothing else is read)."""
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def last_day(path: str | Path, batch_size: int = 1 << 20) -> int | None:
+    """The largest ``day`` (streamed over the one column); ``None`` for an empty file."""
+    best: int | None = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["day"]):
+        if batch.num_rows:
+            m = pc.max(batch.column(0)).as_py()
+            if m is not None and (best is None or m > best):
+                best = int(m)
+    return best
 
 
 class SessionWriter:
