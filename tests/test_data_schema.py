@@ -98,3 +98,13 @@ def test_writer_rejects_invalid_session(tmp_path: Path) -> None:
     bad = Session(session_id="s", day=1, user_id="u", query="", exposed=("a",), clicked=("b",))
     with pytest.raises(ValueError, match="field 'clicked'"):
         write_sessions([bad], tmp_path / "s.parquet")
+
+
+def test_last_day_and_count_stream(tmp_path: Path) -> None:
+    from training.data.schema import count_sessions, last_day
+
+    write_sessions(_sessions(10), tmp_path / "s.parquet")
+    assert count_sessions(tmp_path / "s.parquet") == 10
+    assert last_day(tmp_path / "s.parquet", batch_size=3) == 3
+    write_sessions([], tmp_path / "e.parquet", with_truth=False)
+    assert last_day(tmp_path / "e.parquet") is None
