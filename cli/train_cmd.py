@@ -120,7 +120,7 @@ def eval_command(
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         return 2
-    console.print(markdown_table(entries))
+    console.print(markdown_table(entries), soft_wrap=True, markup=False, highlight=False)
     if out is not None:
         paths = write_report(entries, out, meta)
         console.print(f"report: {paths['json']}  table: {paths['markdown']}  chart: {paths['png']}")
