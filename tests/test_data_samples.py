@@ -57,10 +57,14 @@ def test_negatives_never_contain_a_positive(sim: tuple[Path, SidIndex], tmp_path
         assert not set(s.negative_items) & (set(sess.clicked) | set(sess.ordered))
         pos_sids = set(s.positive_codes)
         assert not pos_sids & set(s.negative_codes)  # identical candidates are excluded too
-        assert len(s.negative_items) == 3 == len(set(s.negative_items))
-        # exposed-but-unclicked first, in display order
-        unclicked = [x for x in sess.exposed if x not in sess.clicked and index.sid_of_item(x) not in
-                     {index.sid_of_item(p) for p in s.positive_items}]
+        assert len(s.negative_items) == 3 == len(set(s.negative_items)) == len(set(s.negative_codes))
+        # exposed-but-unclicked first, in display order, one per SID
+        taken = {index.sid_of_item(p) for p in s.positive_items}
+        unclicked = []
+        for x in sess.exposed:
+            if x not in sess.clicked and index.sid_of_item(x) not in taken:
+                unclicked.append(x)
+                taken.add(index.sid_of_item(x))
         k = min(3, len(unclicked))
         assert list(s.negative_items[:k]) == unclicked[:k]
         assert s.positive_items == tuple(dict.fromkeys(sess.clicked))

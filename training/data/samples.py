@@ -138,13 +138,15 @@ def choose_negatives(
     session: Session, positives: Sequence[str], index: SidIndex, n: int, make_rng: Callable[[], random.Random],
     exclude_same_sid: bool = True, pool_rows: np.ndarray | None = None,
 ) -> tuple[list[str], int, int]:
-    """(negatives, how many came from the exposure, how many were dropped for sharing a positive's SID).
+    """(negatives, how many came from the exposure, how many exposed items were dropped for sharing a SID with a
+    positive or an earlier negative).
 
     ``make_rng()`` is called (once) only when the exposure runs short and random items are needed."""
     pos_set = set(positives)
     pos_sids = {int(index.item_sid_row[index.item_row(p)]) for p in positives}  # type: ignore[index]
     chosen: list[str] = []
     seen: set[str] = set()
+    neg_sids: set[int] = set()
     dropped = 0
     clicked = set(session.clicked) | set(session.ordered)
     for item in session.exposed:
@@ -155,11 +157,13 @@ def choose_negatives(
         row = index.item_row(item)
         if row is None:
             continue
-        if exclude_same_sid and int(index.item_sid_row[row]) in pos_sids:
+        sid = int(index.item_sid_row[row])
+        if exclude_same_sid and (sid in pos_sids or sid in neg_sids):
             dropped += 1
             continue
         chosen.append(item)
         seen.add(item)
+        neg_sids.add(sid)
     from_exposure = len(chosen)
     pool_size = index.num_items if pool_rows is None else len(pool_rows)
     attempts = 0
@@ -169,10 +173,12 @@ def choose_negatives(
         k = rng.randrange(pool_size)
         row = k if pool_rows is None else int(pool_rows[k])
         item = index.item_ids[row]
-        if item in pos_set or item in seen or (exclude_same_sid and int(index.item_sid_row[row]) in pos_sids):
+        sid = int(index.item_sid_row[row])
+        if item in pos_set or item in seen or (exclude_same_sid and (sid in pos_sids or sid in neg_sids)):
             continue
         chosen.append(item)
         seen.add(item)
+        neg_sids.add(sid)
     return chosen, from_exposure, dropped
 
 
@@ -446,7 +452,7 @@ def _finish_stats(c: _Counters) -> dict[str, Any]:
         "exposed_negatives_truly_relevant": _ratio(c.exp_relevant_negatives, c.exp_truth_negatives),
         "history_items_in_prompt_per_sample": _ratio(c.history_used, c.samples),
         "history_items_unknown_to_index": c.history_unknown,
-        "negatives_dropped_same_sid_as_positive": c.same_sid_dropped,
+        "negatives_dropped_same_sid": c.same_sid_dropped,
         "categorizer_accuracy": _ratio(c.categorized_right, c.categorized),
     }
 
