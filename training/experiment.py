@@ -86,7 +86,7 @@ PRESETS: dict[str, ExperimentPreset] = {
     # 21 alignment runs of 200 steps × 8 sessions, 22 evaluations of 300 test sessions at beam 128 (an estimate
     # from per-step times measured on the shared machine, not a measured end-to-end run)
     "default": ExperimentPreset(
-        train=replace(default_align_train_config(), max_steps=200, batch_size=8, save_steps=200, logging_steps=10,
+        train=replace(default_align_train_config(), max_steps=200, batch_size=8, save_steps=250, logging_steps=10,
                       lr=3e-4),
         eval=EvalConfig(beam_width=128, top_k=500, batch_size=8, limit=300),
         rdrw_window=512, train_limit=None,
