@@ -263,7 +263,8 @@ def markdown_report(doc: dict[str, Any]) -> str:
                                                                for h, _, _ in COLUMNS)]) + " |")
     diag = doc.get("diagnostics", {})
     if diag:
-        keys = [("rdrw/weight_pseudo_neg", "w pseudo-neg"), ("rdrw/weight_irrelevant_neg", "w irrelevant neg"),
+        keys = [("rdrw/mean_weight", "mean w"),
+                ("rdrw/weight_pseudo_neg", "w pseudo-neg"), ("rdrw/weight_irrelevant_neg", "w irrelevant neg"),
                 ("rdrw/similarity_pseudo_neg", "cos pseudo-neg"), ("rdrw/similarity_irrelevant_neg", "cos irrel."),
                 ("pairs/shared_first", "share 1st tok"), ("pairs/shared_two", "share 2 tok"),
                 ("rewards/margin", "reward margin"), ("rewards/accuracy", "margin > 0"), ("final_loss", "final loss")]
