@@ -82,10 +82,10 @@ def demo_command(
     _run_step("sft", ["train", "sft", "--samples", samples, "--index", index, "--out", sft, "--preset", "tiny"],
               done, [Path(sft) / "final"])
     _run_step("rad-dpo", ["train", "align", "--method", "rad-dpo", "--sft", f"{sft}/final", "--samples", samples,
-                          "--out", rad], done, [Path(rad) / "final"])
+                          "--out", rad, "--max-steps", "300", "--lr", "5e-5"], done, [Path(rad) / "final"])
     for name, model in (("eval-sft", f"{sft}/final"), ("eval-rad-dpo", f"{rad}/final")):
         _run_step(name, ["eval", "--model", model, "--index", index, "--samples", samples,
-                         "--out", f"{w}/{name}.json"], done, [Path(f"{w}/{name}.json")])
+                         "--out", f"{w}/{name}.json", "--limit", "400"], done, [Path(f"{w}/{name}.json")])
     _run_step("export", ["export", "--checkpoint", f"{rad}/final", "--index", index, "--samples", samples,
                          "--metrics", f"{w}/eval-rad-dpo.json", "--out", bundle], done, [Path(bundle)])
 
