@@ -347,12 +347,7 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     from training.model import read_train_info
 
     index = SidIndex.load(run.index_dir)
-    test = read_samples(run.samples_dir / "test.parquet")
-    if run.eval.limit is not None:
-        test = test[: run.eval.limit]
-    if not test:
-        raise ValueError(f"{run.samples_dir / 'test.parquet'} holds no sessions")
-    targets = targets_from_samples(test, index)
+    targets = load_test_targets(run.samples_dir, index, run.eval.limit)
     entries: list[dict[str, Any]] = []
     if run.model_dir is not None:
         engine, tokenizer = load_engine(run.model_dir, index)
@@ -370,3 +365,15 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     meta = {"index": str(run.index_dir), "samples": str(run.samples_dir), "config": asdict(run.eval),
             "test_sessions": len(targets), "prompt_version": PROMPT_VERSION}
     return entries, meta
+
+
+def load_test_targets(samples_dir: Path, index: Any, limit: int | None) -> Any:
+    """Targets of the first ``limit`` sessions of ``samples_dir/test.parquet``; an empty split is an error."""
+    from training.data.samples import read_samples
+
+    test = read_samples(samples_dir / "test.parquet")
+    if limit is not None:
+        test = test[:limit]
+    if not test:
+        raise ValueError(f"{samples_dir / 'test.parquet'} holds no sessions")
+    return targets_from_samples(test, index)

@@ -358,17 +358,11 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
     """Train and evaluate every (variant, seed), seed by seed (so a cut-short run still has whole seeds), and
     rewrite the JSON/markdown/PNG after every run; returns their paths."""
     from sid_index.index import SidIndex
-    from training.data.samples import read_samples
-    from training.evaluate import targets_from_samples
+    from training.evaluate import load_test_targets
 
     preset = cfg.preset_obj()
     index = SidIndex.load(cfg.index_dir)
-    test = read_samples(cfg.samples_dir / "test.parquet")
-    if preset.eval.limit is not None:
-        test = test[: preset.eval.limit]
-    if not test:
-        raise ValueError(f"{cfg.samples_dir / 'test.parquet'} holds no sessions")
-    targets = targets_from_samples(test, index)
+    targets = load_test_targets(cfg.samples_dir, index, preset.eval.limit)
     eval_cfg = replace(preset.eval, limit=None)
     eval_settings = {"eval": asdict(preset.eval), "sft": str(cfg.sft_dir), "samples": str(cfg.samples_dir)}
     settings = {**eval_settings, "preset": cfg.preset, "train": asdict(preset.train),
