@@ -46,3 +46,13 @@ def parse_sid_string(text: str) -> tuple[int, int, int]:
 def all_sid_tokens(codebook_sizes: Sequence[int]) -> list[str]:
     """Every SID token of every level, level by level, code by code (the tokenizer's order)."""
     return [sid_token(level, c) for level, size in enumerate(codebook_sizes) for c in range(size)]
+
+
+def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two SIDs' code tuples (0..3); ``training.losses`` has the batched form."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
