@@ -41,6 +41,21 @@ class PromptBuild:
     unknown_item_ids: tuple[str, ...]  # history ids missing from the index, in history order
 
 
+def _split_history(index: SidIndex, item_ids: Sequence[str]) -> tuple[list[str], list[int], list[str]]:
+    """Step 1: ``(known ids, their index rows, unknown ids)``, each in history order."""
+    known: list[str] = []
+    rows: list[int] = []
+    unknown: list[str] = []
+    for item_id in item_ids:
+        row = index.item_row(item_id)
+        if row is None:
+            unknown.append(item_id)
+        else:
+            known.append(item_id)
+            rows.append(row)
+    return known, rows, unknown
+
+
 def prompt_for_request(
     query: str,
     profile: Mapping[str, str],
@@ -50,16 +65,7 @@ def prompt_for_request(
     cfg: PromptConfig = PromptConfig(),
 ) -> PromptBuild:
     """The prompt of one request (see the module docstring for the steps)."""
-    known: list[str] = []
-    rows: list[int] = []
-    unknown: list[str] = []
-    for item_id in history_item_ids_oldest_first:
-        row = index.item_row(item_id)
-        if row is None:
-            unknown.append(item_id)
-        else:
-            known.append(item_id)
-            rows.append(row)
+    known, rows, unknown = _split_history(index, history_item_ids_oldest_first)
     keep = list(range(len(known)))
     if cfg.hard_search and categorizer is not None and known:
         target = categorizer.predict(query)
@@ -103,16 +109,7 @@ class PromptBuilder:
         self, query: str, profile: Mapping[str, str], history_item_ids_oldest_first: Sequence[str]
     ) -> PromptBuild:
         index = self.index
-        known: list[str] = []
-        rows: list[int] = []
-        unknown: list[str] = []
-        for item_id in history_item_ids_oldest_first:
-            row = index.item_row(item_id)
-            if row is None:
-                unknown.append(item_id)
-            else:
-                known.append(item_id)
-                rows.append(row)
+        known, rows, unknown = _split_history(index, history_item_ids_oldest_first)
         keep = list(range(len(known) - 1, -1, -1))  # most recent first
         if self.categorizer is not None and known:
             target = self._target(self.categorizer, query)
