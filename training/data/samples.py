@@ -20,7 +20,6 @@ Contract of :func:`build_samples` (one sample per session that has a positive kn
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import random
@@ -36,7 +35,9 @@ import pyarrow.parquet as pq
 from decoding.hard_search import QueryCategorizer
 from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_request
+from sid_index.atomic_files import write_json_atomic
 from sid_index.index import SidIndex
+from training.data.parquet_writer import AtomicParquetWriter
 from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, last_day, sessions_have_truth
 
 logger = logging.getLogger(__name__)
@@ -349,13 +350,12 @@ def read_samples(path: str | os.PathLike[str]) -> list[Sample]:
     return [s for batch in iter_sample_batches(path) for s in batch]
 
 
-class _SampleWriter:
+class _SampleWriter(AtomicParquetWriter):
+    """Buffer samples and append them ``flush_at`` at a time; the file appears only on a successful close."""
+
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        self.writer = pq.ParquetWriter(self.tmp, SAMPLE_SCHEMA)
+        super().__init__(path, SAMPLE_SCHEMA)
         self.buf: list[Sample] = []
-        self.rows = 0
 
     def add(self, sample: Sample, flush_at: int) -> None:
         self.buf.append(sample)
@@ -364,18 +364,13 @@ class _SampleWriter:
 
     def flush(self) -> None:
         if self.buf:
-            self.writer.write_batch(samples_to_batch(self.buf))
-            self.rows += len(self.buf)
+            self.write_batch(samples_to_batch(self.buf))
             self.buf = []
 
-    def close(self, ok: bool) -> None:
+    def close(self, ok: bool = True) -> None:
         if ok:
             self.flush()
-        self.writer.close()
-        if ok:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        super().close(ok)
 
 
 # ------------------------------------------------------------------------------------------ the whole run
@@ -538,8 +533,6 @@ def build_samples(
         "all": _finish_stats(_merge(counters["train"], counters["test"])),
         **{s: _finish_stats(counters[s]) for s in SPLITS},
     }
-    tmp = out / f".stats.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "stats.json")
+    write_json_atomic(out / "stats.json", stats, sort_keys=False)
     logger.info("wrote %d train and %d test samples to %s", counters["train"].samples, counters["test"].samples, out)
     return stats

@@ -11,21 +11,21 @@ Contract (one row per session; see docs/architecture.md "Sessions"):
   exposures), ``len(relevant) == len(relevant_grades)``. A broken row raises ``ValueError`` naming the file,
   the row number (0-based, counted over the whole file) and the field.
 - :func:`iter_session_batches` streams a file in batches of ``batch_size`` rows (Parquet record batches), so a
-  day of logs larger than memory is processed batch by batch. :class:`SessionWriter` writes batch by batch to a
-  temporary file that is renamed into place on success (atomic).
+  day of logs larger than memory is processed batch by batch. :class:`SessionWriter` writes batch by batch through
+  :class:`~training.data.parquet_writer.AtomicParquetWriter` (the file appears only on success).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from training.data.parquet_writer import AtomicParquetWriter
 
 _LIST_STR = pa.list_(pa.string())
 
@@ -268,42 +268,17 @@ def last_day(path: str | Path, batch_size: int = 1 << 20) -> int | None:
     return best
 
 
-class SessionWriter:
+class SessionWriter(AtomicParquetWriter):
     """Append sessions batch by batch; the file appears at ``path`` only when the writer closes without error."""
 
     def __init__(self, path: str | Path, with_truth: bool) -> None:
-        self.path = Path(path)
+        super().__init__(path, SESSION_TRUTH_SCHEMA if with_truth else SESSION_SCHEMA)
         self.with_truth = with_truth
-        self.rows = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        schema = SESSION_TRUTH_SCHEMA if with_truth else SESSION_SCHEMA
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
 
     def write(self, sessions: Sequence[Session]) -> None:
-        if self._writer is None:
-            raise ValueError(f"writer for {self.path} is closed")
+        """Validate and append ``sessions`` (nothing is written for an empty list)."""
         if sessions:
-            self._writer.write_batch(sessions_to_batch(sessions, self.with_truth))
-            self.rows += len(sessions)
-
-    def close(self, ok: bool = True) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        self._writer = None
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> SessionWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close(ok=exc_type is None)
+            self.write_batch(sessions_to_batch(sessions, self.with_truth))
 
 
 def write_sessions(sessions: Sequence[Session], path: str | Path, with_truth: bool | None = None) -> None:

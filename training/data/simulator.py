@@ -27,10 +27,8 @@ Contract:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sid_index.atomic_files import write_json_atomic
 from sid_index.catalog import Catalog, read_catalog, write_catalog
 from training.data.schema import Session, SessionWriter
 from training.data.taxonomy import ATTRIBUTES, BRAND_SYLLABLES, COLOURS, PACKS, TAXONOMY
@@ -659,7 +658,5 @@ def simulate_to_dir(cfg: SimConfig, out_dir: str | Path, real_catalog: str | Pat
     world = world_for(cfg, real_catalog)
     write_catalog(world_catalog(world), out / "catalog.parquet")
     stats = simulate(world, cfg, out / "sessions.parquet", progress)
-    tmp = out / f".sim_stats.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"config": asdict(cfg), "stats": stats.to_dict()}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "sim_stats.json")
+    write_json_atomic(out / "sim_stats.json", {"config": asdict(cfg), "stats": stats.to_dict()}, sort_keys=False)
     return stats
