@@ -1,5 +1,5 @@
 """Samples: negatives never contain a positive, streaming does not change the result, stats agree with the
-files, the split rules, the pairwise decomposition."""
+files, the split rules."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ import pytest
 from decoding.request_prompt import PromptConfig
 from sid_index.catalog import read_catalog
 from sid_index.index import SidIndex
+from sid_index.tokens import shared_prefix_len
 from training.data.samples import (
-    Sample,
     SampleConfig,
     build_samples,
     iter_sample_batches,
-    pairwise_pairs,
     read_samples,
-    shared_prefix_len,
 )
 from training.data.schema import Session, read_sessions, write_sessions
 from training.data.simulator import SimConfig, simulate_to_dir
@@ -148,28 +146,15 @@ def test_hard_search_switch(sim: tuple[Path, SidIndex], tmp_path: Path) -> None:
         assert s.prompt.startswith("query: ") and s.prompt.endswith("\nitem:")
 
 
-def _sample(n_pos: int, n_neg: int) -> Sample:
-    return Sample(session_id="s", day=1, split="train", prompt="p", prompt_version="v",
-                  positive_items=tuple(f"p{i}" for i in range(n_pos)),
-                  positive_codes=tuple((0, 0, i) for i in range(n_pos)), top_index=0,
-                  negative_items=tuple(f"n{j}" for j in range(n_neg)),
-                  negative_codes=tuple((1, 0, j) for j in range(n_neg)), negative_relevant=None,
-                  relevant_items=(), relevant_grades=())
-
-
-@pytest.mark.parametrize(("n_pos", "n_neg"), [(1, 3), (2, 3), (4, 1), (3, 0)])
-def test_pairwise_decomposition_counts(n_pos: int, n_neg: int) -> None:
-    pairs = pairwise_pairs(_sample(n_pos, n_neg))
-    assert len(pairs) == n_pos * n_neg == len(set(pairs))
-    assert all(0 <= i < n_pos and 0 <= j < n_neg for i, j in pairs)
-
-
-def test_pairwise_counts_over_a_file(sim: tuple[Path, SidIndex], tmp_path: Path) -> None:
+def test_per_sample_counts_agree_with_a_file(sim: tuple[Path, SidIndex], tmp_path: Path) -> None:
     d, index = sim
     stats = build_samples(d / "sessions.parquet", index, tmp_path, SampleConfig())
     samples = read_samples(tmp_path / "train.parquet")
-    total = sum(len(pairwise_pairs(s)) for s in samples)
-    assert total == round(stats["train"]["positives_per_sample"] * stats["train"]["samples"] * 3)
+    n = stats["train"]["samples"]
+    assert n == len(samples)
+    assert round(stats["train"]["positives_per_sample"] * n) == sum(len(s.positive_items) for s in samples)
+    assert round(stats["train"]["negatives_per_sample"] * n) == sum(len(s.negative_items) for s in samples)
+    assert stats["train"]["pairs_top_positive_negative"] == sum(len(s.negative_codes) for s in samples)
 
 
 def test_config_validation() -> None:

@@ -37,6 +37,7 @@ from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_request
 from sid_index.atomic_files import write_json_atomic
 from sid_index.index import SidIndex
+from sid_index.tokens import shared_prefix_len
 from training.data.parquet_writer import AtomicParquetWriter
 from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, last_day, sessions_have_truth
 
@@ -100,21 +101,6 @@ class Sample:
     @property
     def top_codes(self) -> tuple[int, int, int]:
         return self.positive_codes[self.top_index]
-
-
-def pairwise_pairs(sample: Sample) -> list[tuple[int, int]]:
-    """Every (positive index, negative index) pair of a sample: the baselines' decomposition (|Y⁺|·|Y⁻| pairs)."""
-    return [(i, j) for i in range(len(sample.positive_items)) for j in range(len(sample.negative_items))]
-
-
-def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two code tuples."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # ------------------------------------------------------------------------------------------ one session
