@@ -49,7 +49,7 @@ TEXT_TOKENS = 4096  # a BPE-sized text vocabulary in front of the SID tokens
 
 @dataclass
 class BenchIndex:
-    """One item per SID: just what the engine reads (``decoding.torch_engine.IndexForDecoding``)."""
+    """One item per SID: just what the engine reads (``decoding.hits.IndexForDecoding``)."""
 
     tables: PrefixTables
     sid_codes: np.ndarray

@@ -23,32 +23,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from decoding.beam_search import BeamOutput, TrieTensors, beam_search
 from decoding.engine import ItemHit, RetrievalRequest, RetrievalResult, SidHit
-from decoding.items import expand_items
+from decoding.hits import IndexForDecoding, hits_from_beams
 from decoding.sid_vocab import SidVocab
-from sid_index.prefix_tables import PrefixTables
 
 # attention implementations that apply a custom 4D additive float mask as given (flash-attention kernels do not)
 _MASKED_ATTENTION = ("sdpa", "eager")
-
-
-class IndexForDecoding(Protocol):
-    """What the engine reads from a SID index (``sid_index.index.SidIndex`` satisfies it)."""
-
-    tables: PrefixTables
-    sid_codes: np.ndarray
-    sid_item_indptr: np.ndarray
-    sid_item_rows: np.ndarray
-    item_ids: list[str]
-
-    @property
-    def num_sids(self) -> int: ...
 
 
 class TorchBeamEngine:
@@ -147,21 +133,9 @@ class TorchBeamEngine:
         scores = out.scores.cpu().numpy()
         rows = out.sid_rows.cpu().numpy()
         counts = out.counts.cpu().numpy()
-        item_ids = self.index.item_ids
         result = []
         for r, req in enumerate(reqs):
             n = int(counts[r])
-            sids = [
-                SidHit(codes=(int(c[0]), int(c[1]), int(c[2])), token_ids=(int(t[0]), int(t[1]), int(t[2])),
-                       score=float(s), sid_row=int(row))
-                for c, t, s, row in zip(codes[r, :n], token_ids[r, :n], scores[r, :n], rows[r, :n], strict=True)
-            ]
-            item_rows, item_sid, item_score = expand_items(
-                rows[r, :n], scores[r, :n], self.index.sid_item_indptr, self.index.sid_item_rows, req.top_k_items
-            )
-            items = [
-                ItemHit(item_id=item_ids[int(i)], sid_row=int(sr), score=float(sc), rank=k + 1)
-                for k, (i, sr, sc) in enumerate(zip(item_rows, item_sid, item_score, strict=True))
-            ]
-            result.append((sids, items))
+            result.append(hits_from_beams(codes[r, :n], token_ids[r, :n], scores[r, :n], rows[r, :n], self.index,
+                                          req.top_k_items))
         return result
