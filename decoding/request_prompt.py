@@ -12,15 +12,20 @@ Contract of ``prompt_for_request(query, profile, history_item_ids_oldest_first, 
 
 :class:`PromptBuilder` is the fast path for many requests against one index (it caches SID strings and query
 predictions); it must give exactly what :func:`prompt_for_request` gives (tests check it).
+
+``encode_request_prompt(tokenizer, query, profile, history, index, categorizer, cfg)`` is what a server calls:
+:func:`prompt_for_request`, then :func:`decoding.prompt.encode_prompt` of its text, both kept in an
+:class:`EncodedPrompt`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from decoding.hard_search import QueryCategorizer, filter_history_by_category
-from decoding.prompt import render_prompt
+from decoding.prompt import encode_prompt, render_prompt
 from sid_index.index import SidIndex
 
 
@@ -39,6 +44,14 @@ class PromptBuild:
     text: str
     used_item_ids: tuple[str, ...]  # most recent first
     unknown_item_ids: tuple[str, ...]  # history ids missing from the index, in history order
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A request's prompt and its token ids (``encode_prompt`` of ``build.text``)."""
+
+    build: PromptBuild
+    token_ids: tuple[int, ...]
 
 
 def _split_history(index: SidIndex, item_ids: Sequence[str]) -> tuple[list[str], list[int], list[str]]:
@@ -77,6 +90,20 @@ def prompt_for_request(
         used_item_ids=tuple(known[k] for k in chosen),
         unknown_item_ids=tuple(unknown),
     )
+
+
+def encode_request_prompt(
+    tokenizer: Any,
+    query: str,
+    profile: Mapping[str, str],
+    history_item_ids_oldest_first: Sequence[str],
+    index: SidIndex,
+    categorizer: QueryCategorizer | None,
+    cfg: PromptConfig = PromptConfig(),
+) -> EncodedPrompt:
+    """The prompt of one request and its token ids under ``tokenizer``."""
+    build = prompt_for_request(query, profile, history_item_ids_oldest_first, index, categorizer, cfg)
+    return EncodedPrompt(build, tuple(encode_prompt(tokenizer, build.text)))
 
 
 class PromptBuilder:

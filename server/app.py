@@ -35,8 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from decoding.bundle import Bundle, load_bundle
 from decoding.engine import RetrievalEngine, RetrievalRequest, RetrievalResult
-from decoding.prompt import PROMPT_VERSION, encode_prompt
-from decoding.request_prompt import prompt_for_request
+from decoding.prompt import PROMPT_VERSION
+from decoding.request_prompt import EncodedPrompt, encode_request_prompt
 from server import schemas
 from server.batcher import BatcherClosed, BatcherConfig, DeadlineExceeded, MicroBatcher, QueueFull
 from server.errors import ApiError, error_body, install_error_handlers
@@ -252,9 +252,9 @@ async def _cancel_on_disconnect(request: Request, work: Awaitable[schemas.Retrie
     return task.result()
 
 
-def _build_response(state: ServingState, body: schemas.RetrieveRequest, prompt_text: str, prompt_ids: list[int],
-                    used: list[str], unknown: list[str], result: RetrievalResult, queue_s: float, engine_s: float,
-                    t_arrival: float) -> schemas.RetrieveResponse:
+def _build_response(state: ServingState, body: schemas.RetrieveRequest, prompt: EncodedPrompt,
+                    result: RetrievalResult, queue_s: float, engine_s: float, t_arrival: float
+                    ) -> schemas.RetrieveResponse:
     assert state.bundle is not None and state.engine is not None
     index = state.bundle.index
     sids: list[schemas.SidOut] = []
@@ -270,11 +270,12 @@ def _build_response(state: ServingState, body: schemas.RetrieveRequest, prompt_t
         state.metrics.invalid_sids.inc(invalid)
     items = [schemas.ItemOut(item_id=it.item_id, sid=index.sid_str(it.sid_row), score=float(it.score), rank=it.rank)
              for it in result.items[: body.top_k]]
-    debug = (schemas.DebugInfo(prompt=prompt_text, prompt_token_ids=prompt_ids, prompt_version=PROMPT_VERSION)
-             if body.debug else None)
+    debug = (schemas.DebugInfo(prompt=prompt.build.text, prompt_token_ids=list(prompt.token_ids),
+                               prompt_version=PROMPT_VERSION) if body.debug else None)
     return schemas.RetrieveResponse(
         items=items, sids=sids, model=state.bundle.name, engine=state.engine.name, user_id=body.user_id,
-        used_history_item_ids=used, unknown_history_item_ids=unknown,
+        used_history_item_ids=list(prompt.build.used_item_ids),
+        unknown_history_item_ids=list(prompt.build.unknown_item_ids),
         timings=schemas.Timings(queue_seconds=max(0.0, queue_s), engine_seconds=max(0.0, engine_s),
                                 total_seconds=max(0.0, time.monotonic() - t_arrival)),
         debug=debug)
@@ -287,10 +288,9 @@ async def _retrieve(state: ServingState, body: schemas.RetrieveRequest, t_arriva
     if not state.ready or state.batcher is None or state.bundle is None:
         raise _unavailable(state, "not_ready", "the server is not ready yet")
     bundle = state.bundle
-    build = prompt_for_request(body.query, body.profile, body.history, bundle.index, bundle.categorizer,
-                               bundle.prompt_config)
-    prompt_ids = encode_prompt(bundle.tokenizer, build.text)
-    request = RetrievalRequest(tuple(prompt_ids), beam_width=body.beam_width, top_k_items=body.top_k)
+    prompt = encode_request_prompt(bundle.tokenizer, body.query, body.profile, body.history, bundle.index,
+                                   bundle.categorizer, bundle.prompt_config)
+    request = RetrievalRequest(prompt.token_ids, beam_width=body.beam_width, top_k_items=body.top_k)
     try:
         job = state.batcher.admit(request, t_arrival + state.settings.request_timeout_s)
     except QueueFull as exc:
@@ -307,18 +307,17 @@ async def _retrieve(state: ServingState, body: schemas.RetrieveRequest, t_arriva
         raise _unavailable(state, "draining", "the server is shutting down") from None
     finally:
         state.in_flight -= 1
-    return _build_response(state, body, build.text, prompt_ids, list(build.used_item_ids),
-                           list(build.unknown_item_ids), outcome.result, outcome.queue_seconds,
-                           outcome.engine_seconds, t_arrival)
+    return _build_response(state, body, prompt, outcome.result, outcome.queue_seconds, outcome.engine_seconds,
+                           t_arrival)
 
 
 async def _warm_up(state: ServingState) -> None:
     assert state.bundle is not None and state.batcher is not None
     bundle = state.bundle
-    build = prompt_for_request("", {}, [], bundle.index, bundle.categorizer, bundle.prompt_config)
-    ids = encode_prompt(bundle.tokenizer, build.text)
+    prompt = encode_request_prompt(bundle.tokenizer, "", {}, [], bundle.index, bundle.categorizer,
+                                   bundle.prompt_config)
     t0 = time.monotonic()
-    await state.batcher.retrieve(RetrievalRequest(tuple(ids), beam_width=state.settings.warmup_beam_width,
+    await state.batcher.retrieve(RetrievalRequest(prompt.token_ids, beam_width=state.settings.warmup_beam_width,
                                                   top_k_items=10), t0 + WARMUP_TIMEOUT_S)
     state.warmup_seconds = time.monotonic() - t0
 

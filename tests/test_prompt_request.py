@@ -1,13 +1,17 @@
-"""Request → prompt: the golden prompt, the hard-search filter, order and cap, and the query categorizer."""
+"""Request → prompt: the golden prompt, the hard-search filter, order and cap, the query categorizer, and the
+encoded prompt a server sends to the engine."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from decoding.hard_search import QueryCategorizer, filter_history_by_category
-from decoding.prompt import render_prompt
-from decoding.request_prompt import PromptConfig, prompt_for_request
+from decoding.prompt import encode_prompt, render_prompt
+from decoding.request_prompt import EncodedPrompt, PromptConfig, encode_request_prompt, prompt_for_request
 from sid_index.index import SidIndex
 
 ITEMS = ["drill1", "drill2", "glove1", "glove2", "tape1"]
@@ -71,7 +75,7 @@ def test_prompt_config_validation() -> None:
         PromptConfig(max_history=-1)
 
 
-def test_categorizer_predicts_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_categorizer_predicts_and_round_trips(tmp_path: Path) -> None:
     cat = _categorizer()
     assert cat.predict("DRILL bits") == "Power Tools"
     assert cat.predict("gloves") == "Safety"
@@ -128,3 +132,20 @@ def test_prompt_builder_agrees_with_the_reference() -> None:
             profile = {"k": str(int(rng.integers(3)))}
             assert builder.build(query, profile, history) == prompt_for_request(query, profile, history, index, cat,
                                                                                 cfg)
+
+
+class _CharTokenizer:
+    """A tokenizer with one id per character (and no special tokens, as encode_prompt asks)."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
+        assert add_special_tokens is False
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_encode_request_prompt_is_the_reference_prompt_encoded() -> None:
+    tok, index, cat = _CharTokenizer(), _index(), _categorizer()
+    history = ["drill2", "glove1", "nope", "drill1"]
+    encoded = encode_request_prompt(tok, "drill", {"k": "v"}, history, index, cat, PromptConfig(max_history=1))
+    build = prompt_for_request("drill", {"k": "v"}, history, index, cat, PromptConfig(max_history=1))
+    assert encoded == EncodedPrompt(build, tuple(encode_prompt(tok, build.text)))
+    assert encoded.build.used_item_ids == ("drill1",) and encoded.build.unknown_item_ids == ("nope",)
