@@ -10,20 +10,15 @@ Contract (``S`` unique SIDs, ``n`` items; all arrays numpy int64 unless noted):
   ``item_popularity`` float64 ``[n]``.
 - Lookups: item id → row and SID string → row go through marisa-tries (``None`` when unknown).
 
-On disk (:meth:`SidIndex.save`, :meth:`SidIndex.load`) an index is a directory of ``.npy`` files (loaded with
-``allow_pickle=False``), JSON and marisa-trie files, plus ``manifest.json`` (format name and version, codebook
-sizes, build config, every file's sha256 and every array's shape/dtype). ``save`` writes a temporary sibling
-directory and renames it into place; ``load`` raises :class:`IndexFormatError` naming the missing file, the
-checksum that does not match, or the array whose shape/content is inconsistent.
+On disk (:meth:`SidIndex.save`, :meth:`SidIndex.load`) an index is a directory of ``.npy``, JSON and marisa-trie
+files plus ``manifest.json``; :mod:`sid_index.index_files` defines that format, publishes it atomically and checks
+it on load (:class:`IndexFormatError` names the missing file, the checksum that does not match, or the array whose
+shape/content is inconsistent).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,53 +26,17 @@ from typing import Any
 import marisa_trie
 import numpy as np
 
+from sid_index.index_files import IndexFormatError, IndexParts, check_codebook_sizes, read_index_dir, write_index_dir
 from sid_index.prefix_tables import PrefixTables
 from sid_index.tokens import NUM_LEVELS, parse_sid_string, sid_string
 
-FORMAT_NAME = "radgr-sid-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-# array files: name -> (attribute, dtype)
-_ARRAY_FILES: dict[str, str] = {
-    "sid_codes.npy": "int64",
-    "sid_item_indptr.npy": "int64",
-    "sid_item_rows.npy": "int64",
-    "item_sid_row.npy": "int64",
-    "item_popularity.npy": "float64",
-    "item_category_index.npy": "int64",
-    "item_trie_rows.npy": "int64",
-    "sid_trie_rows.npy": "int64",
-    "level0.npy": "int64",
-    "l1_indptr.npy": "int64",
-    "l1_codes.npy": "int64",
-    "l2_indptr.npy": "int64",
-    "l2_codes.npy": "int64",
-}
-_JSON_FILES = ("item_ids.json", "categories.json")
-_TRIE_FILES = ("item_ids.marisa", "sid_strings.marisa")
-
-
-class IndexFormatError(ValueError):
-    """A saved index directory is missing a file, fails a checksum, or holds inconsistent arrays."""
+__all__ = ["IndexFormatError", "SidIndex"]
 
 
 def _codes_key(codes: np.ndarray, codebook_sizes: Sequence[int]) -> np.ndarray:
     """One int64 per SID whose order is the lexicographic order of the codes (mixed-radix number)."""
     s1, s2 = int(codebook_sizes[1]), int(codebook_sizes[2])
     return (codes[:, 0] * s1 + codes[:, 1]) * s2 + codes[:, 2]
-
-
-def _check_codebook_sizes(codebook_sizes: Sequence[int]) -> tuple[int, int, int]:
-    sizes = tuple(int(s) for s in codebook_sizes)
-    if len(sizes) != NUM_LEVELS:
-        raise ValueError(f"codebook_sizes must have {NUM_LEVELS} entries, given {len(sizes)}")
-    for level, s in enumerate(sizes):
-        if s < 1:
-            raise ValueError(f"codebook_sizes[{level}] must be >= 1, given {s}")
-    if float(sizes[0]) * sizes[1] * sizes[2] >= 2.0**62:
-        raise ValueError(f"codebook_sizes product must be < 2**62, given {sizes}")
-    return sizes[0], sizes[1], sizes[2]
 
 
 def _check_item_ids(item_ids: Sequence[str]) -> None:
@@ -90,14 +49,6 @@ def _check_item_ids(item_ids: Sequence[str]) -> None:
         if iid in seen:
             raise ValueError(f"item_id {iid!r} is duplicated at rows {seen[iid]} and {row}")
         seen[iid] = row
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SidIndex:
@@ -150,7 +101,7 @@ class SidIndex:
     ) -> SidIndex:
         """Group items by their 3 codes ``[n, 3]``: identical codes share one SID; a SID's items are ordered by
         popularity descending, ties by item row. ``categories=None`` means unknown (``""``) for every item."""
-        sizes = _check_codebook_sizes(codebook_sizes)
+        sizes = check_codebook_sizes(codebook_sizes)
         item_ids = list(item_ids)
         n = len(item_ids)
         if n == 0:
@@ -269,142 +220,32 @@ class SidIndex:
         """The 3 codes of ``item_id``; ``KeyError`` naming the id if it is not in the index."""
         return parse_sid_string(self.sid_of_item(item_id))
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ persistence (sid_index.index_files)
     def save(self, directory: str | os.PathLike[str], extra_json: Mapping[str, Any] | None = None) -> Path:
-        """Write the index to ``directory`` atomically (temporary sibling, then rename; replaces an old index).
+        """Write the index to ``directory`` atomically (a staging sibling, then rename; replaces an old index).
 
         ``extra_json`` maps further file names (e.g. ``"stats.json"``) to JSON-ready objects written and checksummed
         with the index; :meth:`load` verifies them but does not need them."""
-        target = Path(directory)
-        extra = dict(extra_json or {})
-        for name in extra:
-            if not name.endswith(".json") or "/" in name or name in (MANIFEST, *_JSON_FILES):
-                raise ValueError(f"extra_json file names must be new plain *.json names, given {name!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            self._write_files(tmp, extra)
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
-
-    def _write_files(self, out: Path, extra: dict[str, Any]) -> None:
-        cat_values = sorted(set(self.item_category))
-        cat_pos = {c: i for i, c in enumerate(cat_values)}
-        arrays = {
-            "sid_codes.npy": self.sid_codes,
-            "sid_item_indptr.npy": self.sid_item_indptr,
-            "sid_item_rows.npy": self.sid_item_rows,
-            "item_sid_row.npy": self.item_sid_row,
-            "item_popularity.npy": self.item_popularity,
-            "item_category_index.npy": np.asarray([cat_pos[c] for c in self.item_category], dtype=np.int64),
-            "item_trie_rows.npy": self._item_trie_rows,
-            "sid_trie_rows.npy": self._sid_trie_rows,
-            "level0.npy": self.tables.level0,
-            "l1_indptr.npy": self.tables.l1_indptr,
-            "l1_codes.npy": self.tables.l1_codes,
-            "l2_indptr.npy": self.tables.l2_indptr,
-            "l2_codes.npy": self.tables.l2_codes,
-        }
-        array_meta: dict[str, dict[str, Any]] = {}
-        for name, dtype in _ARRAY_FILES.items():
-            arr = np.ascontiguousarray(arrays[name], dtype=dtype)
-            np.save(out / name, arr, allow_pickle=False)
-            array_meta[name] = {"shape": list(arr.shape), "dtype": dtype}
-        (out / "item_ids.json").write_text(json.dumps(self.item_ids, ensure_ascii=False))
-        (out / "categories.json").write_text(json.dumps(cat_values, ensure_ascii=False))
-        self._item_trie.save(str(out / "item_ids.marisa"))
-        self._sid_trie.save(str(out / "sid_strings.marisa"))
-        for name, obj in extra.items():
-            (out / name).write_text(json.dumps(obj, indent=2, sort_keys=True))
-        files = {}
-        for name in (*_ARRAY_FILES, *_JSON_FILES, *_TRIE_FILES, *extra):
-            p = out / name
-            files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "codebook_sizes": list(self.codebook_sizes),
-            "num_sids": self.num_sids,
-            "num_items": self.num_items,
-            "config": self.config,
-            "files": files,
-            "arrays": array_meta,
-        }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        parts = IndexParts(
+            codebook_sizes=self.codebook_sizes, sid_codes=self.sid_codes, sid_item_indptr=self.sid_item_indptr,
+            sid_item_rows=self.sid_item_rows, item_ids=self.item_ids, item_sid_row=self.item_sid_row,
+            item_category=self.item_category, item_popularity=self.item_popularity, tables=self.tables,
+            item_trie=self._item_trie, item_trie_rows=self._item_trie_rows, sid_trie=self._sid_trie,
+            sid_trie_rows=self._sid_trie_rows, config=self.config,
+        )
+        return write_index_dir(directory, parts, extra_json)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, verify_checksums: bool = True) -> SidIndex:
         """Read an index written by :meth:`save`; :class:`IndexFormatError` names what is wrong."""
-        d = Path(directory)
-        if not d.is_dir():
-            raise IndexFormatError(f"index directory {str(d)!r} does not exist")
-        mpath = d / MANIFEST
-        if not mpath.is_file():
-            raise IndexFormatError(f"index file {MANIFEST!r} is missing in {str(d)!r}")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise IndexFormatError(f"index file {MANIFEST!r} is not valid JSON: {exc}") from exc
-        if manifest.get("format") != FORMAT_NAME:
-            raise IndexFormatError(f"manifest format must be {FORMAT_NAME!r}, given {manifest.get('format')!r}")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"manifest format_version must be {FORMAT_VERSION}, given {manifest.get('format_version')!r}"
-            )
-        try:
-            sizes = _check_codebook_sizes(manifest["codebook_sizes"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"manifest codebook_sizes is invalid: {exc}") from exc
-        files = manifest.get("files", {})
-        if not isinstance(files, dict):
-            raise IndexFormatError("manifest files must be an object {name: {sha256, bytes}}")
-        for name in dict.fromkeys((*_ARRAY_FILES, *_JSON_FILES, *_TRIE_FILES, *files)):
-            if "/" in name or "\\" in name or name.startswith("."):
-                raise IndexFormatError(f"manifest names a file outside the index directory: {name!r}")
-            p = d / name
-            if not p.is_file():
-                raise IndexFormatError(f"index file {name!r} is missing in {str(d)!r}")
-            if name not in files:
-                raise IndexFormatError(f"manifest has no checksum for index file {name!r}")
-            if verify_checksums and _sha256(p) != files[name]["sha256"]:
-                raise IndexFormatError(f"index file {name!r} fails its sha256 checksum (file changed or corrupt)")
-        arrays: dict[str, np.ndarray] = {}
-        for name, dtype in _ARRAY_FILES.items():
-            try:
-                arr = np.load(d / name, allow_pickle=False)
-            except ValueError as exc:
-                raise IndexFormatError(f"index file {name!r} is not a plain .npy array: {exc}") from exc
-            if str(arr.dtype) != dtype:
-                raise IndexFormatError(f"index file {name!r} must have dtype {dtype}, given {arr.dtype}")
-            arrays[name] = arr
-        loaded_json = {}
-        for name in _JSON_FILES:
-            try:
-                loaded_json[name] = json.loads((d / name).read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise IndexFormatError(f"index file {name!r} is not valid JSON: {exc}") from exc
-        item_ids, cat_values = loaded_json["item_ids.json"], loaded_json["categories.json"]
-        tries = {}
-        for name in _TRIE_FILES:
-            trie = marisa_trie.Trie()
-            try:
-                trie.load(str(d / name))
-            except Exception as exc:  # marisa raises plain RuntimeError/ValueError subclasses on corrupt files
-                raise IndexFormatError(f"index file {name!r} is not a marisa-trie: {exc}") from exc
-            tries[name] = trie
-        item_trie, sid_trie = tries["item_ids.marisa"], tries["sid_strings.marisa"]
-        index = _assemble_checked(sizes, arrays, item_ids, cat_values, item_trie, sid_trie, manifest)
-        return index
+        p = read_index_dir(directory, verify_checksums=verify_checksums)
+        return cls(
+            codebook_sizes=p.codebook_sizes, sid_codes=p.sid_codes, sid_item_indptr=p.sid_item_indptr,
+            sid_item_rows=p.sid_item_rows, item_ids=p.item_ids, item_sid_row=p.item_sid_row,
+            item_category=p.item_category, item_popularity=p.item_popularity, tables=p.tables,
+            item_trie=p.item_trie, item_trie_rows=p.item_trie_rows, sid_trie=p.sid_trie,
+            sid_trie_rows=p.sid_trie_rows, config=p.config,
+        )
 
 
 def _build_trie(keys: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
@@ -414,82 +255,3 @@ def _build_trie(keys: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
     key_ids = np.fromiter((trie.key_id(k) for k in keys), dtype=np.int64, count=len(keys))
     rows[key_ids] = np.arange(len(keys), dtype=np.int64)
     return trie, rows
-
-
-def _shape_error(name: str, expected: str, arr: np.ndarray) -> IndexFormatError:
-    return IndexFormatError(f"index file {name!r} must have shape {expected}, given {list(arr.shape)}")
-
-
-def _assemble_checked(
-    sizes: tuple[int, int, int],
-    a: dict[str, np.ndarray],
-    item_ids: Any,
-    cat_values: Any,
-    item_trie: marisa_trie.Trie,
-    sid_trie: marisa_trie.Trie,
-    manifest: dict[str, Any],
-) -> SidIndex:
-    """Check every array's shape and the cross-references between them, then build the :class:`SidIndex`."""
-    if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
-        raise IndexFormatError("index file 'item_ids.json' must be a JSON list of strings")
-    if not isinstance(cat_values, list) or not all(isinstance(x, str) for x in cat_values):
-        raise IndexFormatError("index file 'categories.json' must be a JSON list of strings")
-    n = len(item_ids)
-    codes = a["sid_codes.npy"]
-    if codes.ndim != 2 or codes.shape[1] != NUM_LEVELS or codes.shape[0] == 0:
-        raise _shape_error("sid_codes.npy", f"[S >= 1, {NUM_LEVELS}]", codes)
-    s = int(codes.shape[0])
-    expected = {
-        "sid_item_indptr.npy": (s + 1,), "sid_item_rows.npy": (n,), "item_sid_row.npy": (n,),
-        "item_popularity.npy": (n,), "item_category_index.npy": (n,), "item_trie_rows.npy": (n,),
-        "sid_trie_rows.npy": (s,), "l2_codes.npy": (s,),
-    }
-    for name, shape in expected.items():
-        if a[name].shape != shape:
-            raise _shape_error(name, str(list(shape)), a[name])
-    for key, value in (("num_sids", s), ("num_items", n)):
-        if manifest.get(key) != value:
-            raise IndexFormatError(f"manifest {key} is {manifest.get(key)!r} but the arrays hold {value}")
-    for level, size in enumerate(sizes):
-        if codes[:, level].min() < 0 or codes[:, level].max() >= size:
-            raise IndexFormatError(f"index file 'sid_codes.npy' level {level} codes must be in [0, {size})")
-    try:
-        tables = PrefixTables.from_sorted_codes(codes)
-    except ValueError as exc:
-        raise IndexFormatError(f"index file 'sid_codes.npy' is invalid: {exc}") from exc
-    for name, field in (("level0.npy", "level0"), ("l1_indptr.npy", "l1_indptr"), ("l1_codes.npy", "l1_codes"),
-                        ("l2_indptr.npy", "l2_indptr"), ("l2_codes.npy", "l2_codes")):
-        if not np.array_equal(a[name], getattr(tables, field)):
-            raise IndexFormatError(f"index file {name!r} does not match the prefix tables of 'sid_codes.npy'")
-    indptr, members, sid_row = a["sid_item_indptr.npy"], a["sid_item_rows.npy"], a["item_sid_row.npy"]
-    if indptr[0] != 0 or indptr[-1] != n or np.any(np.diff(indptr) < 1):
-        raise IndexFormatError("index file 'sid_item_indptr.npy' must rise from 0 to num_items, >= 1 item per SID")
-    if not np.array_equal(np.sort(members), np.arange(n)):
-        raise IndexFormatError("index file 'sid_item_rows.npy' must be a permutation of the item rows")
-    sid_of_member = np.repeat(np.arange(s, dtype=np.int64), np.diff(indptr))
-    if not np.array_equal(sid_row[members], sid_of_member):
-        raise IndexFormatError("index file 'item_sid_row.npy' disagrees with 'sid_item_rows.npy'")
-    cat_idx = a["item_category_index.npy"]
-    if n and (cat_idx.min() < 0 or cat_idx.max() >= len(cat_values)):
-        raise IndexFormatError(f"index file 'item_category_index.npy' must be in [0, {len(cat_values)})")
-    if len(item_trie) != n or len(sid_trie) != s:
-        raise IndexFormatError("index marisa files must hold one key per item / per SID")
-    for name, trie, rows in (("item_trie_rows.npy", item_trie, a["item_trie_rows.npy"]),
-                             ("sid_trie_rows.npy", sid_trie, a["sid_trie_rows.npy"])):
-        if not np.array_equal(np.sort(rows), np.arange(len(trie))):
-            raise IndexFormatError(f"index file {name!r} must be a permutation of the rows")
-    cats = [cat_values[i] for i in cat_idx.tolist()]
-    index = SidIndex(
-        codebook_sizes=sizes, sid_codes=codes, sid_item_indptr=indptr, sid_item_rows=members, item_ids=item_ids,
-        item_sid_row=sid_row, item_category=cats, item_popularity=a["item_popularity.npy"], tables=tables,
-        item_trie=item_trie, item_trie_rows=a["item_trie_rows.npy"], sid_trie=sid_trie,
-        sid_trie_rows=a["sid_trie_rows.npy"], config=manifest.get("config") or {},
-    )
-    # spot-check that the tries map to the stored rows (first and last of each)
-    for probe in {0, n - 1}:
-        if index.item_row(item_ids[probe]) != probe:
-            raise IndexFormatError("index file 'item_ids.marisa' does not map item ids to their rows")
-    for probe in {0, s - 1}:
-        if index.sid_row(index.sid_str(probe)) != probe:
-            raise IndexFormatError("index file 'sid_strings.marisa' does not map SID strings to their rows")
-    return index

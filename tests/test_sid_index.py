@@ -154,13 +154,13 @@ def test_failed_save_leaves_the_old_index_intact(tmp_path: Path, monkeypatch: py
     old = _small_index()
     out = old.save(tmp_path / "ix")
     new = SidIndex.from_codes(["z"], np.array([[1, 1, 1]]), np.ones(1), None, (4, 4, 4))
-    import sid_index.index as index_module
+    import sid_index.index_files as index_files
 
     def boom(path):  # type: ignore[no-untyped-def]
         raise OSError("disk full")
 
     # fails after every data file is written, before the manifest and the rename
-    monkeypatch.setattr(index_module, "_sha256", boom)
+    monkeypatch.setattr(index_files, "sha256_file", boom)
     with pytest.raises(OSError, match="disk full"):
         new.save(out)
     monkeypatch.undo()
