@@ -8,7 +8,7 @@ Contract:
 - :class:`Catalog` validates itself on construction; every error is a ``ValueError`` naming the field and the row
   (and the item id when known).
 - :func:`read_catalog` / :func:`write_catalog` pick the format from the suffix (``.parquet``, ``.jsonl``, ``.csv``);
-  writes are atomic (temporary sibling, then rename). CSV cells are read as text, so ids like ``"007"`` survive.
+  writes are atomic (:mod:`sid_index.atomic_files`). CSV cells are read as text, so ids like ``"007"`` survive.
 - :func:`item_texts` is the text that gets embedded: title, then brand and category when present.
 - :func:`catalog_from_amazon_items` converts the Amazon-2018 ``items.json`` (``{item_id: {title, description,
   brand, categories}}``) into a catalog; popularity may come from interaction counts
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import math
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sid_index.atomic_files import write_bytes_atomic, write_text_atomic
 
 REQUIRED_COLUMNS = ("item_id", "title")
 OPTIONAL_COLUMNS = ("brand", "category", "popularity")
@@ -187,40 +189,34 @@ def read_catalog(path: str | os.PathLike[str]) -> Catalog:
 
 # ---------------------------------------------------------------------------------------------- writing
 def write_catalog(cat: Catalog, path: str | os.PathLike[str]) -> Path:
-    """Write ``cat`` to ``path`` (format by suffix) atomically: a temporary sibling file, then rename."""
+    """Write ``cat`` to ``path`` (format by suffix) atomically (:mod:`sid_index.atomic_files`)."""
     p = Path(path)
     suffix = _suffix(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex}"
     cols = {
         "item_id": cat.item_ids, "title": cat.titles, "brand": cat.brands, "category": cat.categories,
         "popularity": [float(x) for x in cat.popularity],
     }
-    try:
-        if suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-            table = pa.table({
-                "item_id": pa.array(cols["item_id"], pa.string()), "title": pa.array(cols["title"], pa.string()),
-                "brand": pa.array(cols["brand"], pa.string()), "category": pa.array(cols["category"], pa.string()),
-                "popularity": pa.array(cols["popularity"], pa.float64()),
-            })
-            pq.write_table(table, tmp)
-        elif suffix == ".jsonl":
-            with tmp.open("w", encoding="utf-8") as f:
-                for i in range(cat.num_items):
-                    f.write(json.dumps({k: v[i] for k, v in cols.items()}, ensure_ascii=False) + "\n")
-        else:
-            with tmp.open("w", encoding="utf-8", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(list(cols))
-                writer.writerows(zip(*cols.values(), strict=True))
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return p
+        table = pa.table({
+            "item_id": pa.array(cols["item_id"], pa.string()), "title": pa.array(cols["title"], pa.string()),
+            "brand": pa.array(cols["brand"], pa.string()), "category": pa.array(cols["category"], pa.string()),
+            "popularity": pa.array(cols["popularity"], pa.float64()),
+        })
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return write_bytes_atomic(p, sink.getvalue().to_pybytes())
+    buf = io.StringIO(newline="")
+    if suffix == ".jsonl":
+        for i in range(cat.num_items):
+            buf.write(json.dumps({k: v[i] for k, v in cols.items()}, ensure_ascii=False) + "\n")
+    else:
+        writer = csv.writer(buf)
+        writer.writerow(list(cols))
+        writer.writerows(zip(*cols.values(), strict=True))
+    return write_text_atomic(p, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- Amazon 2018
