@@ -48,7 +48,7 @@ def build_synthetic_world(root: Path, sessions: int, prompt_tokens: int, seed: i
 
     from decoding.prompt import PROMPT_VERSION, render_prompt
     from sid_index.tokens import sid_string
-    from training.data.samples import Sample, samples_to_batch
+    from training.data.sample_format import Sample, samples_to_batch
     from training.model import build_model, save_model_dir
     from training.tokenizer import build_tokenizer
 

@@ -22,7 +22,7 @@ SIZES = (4, 4, 4)
 
 
 def _make_sample(i: int, rng: random.Random):  # type: ignore[no-untyped-def]
-    from training.data.samples import Sample
+    from training.data.sample_format import Sample
 
     def codes() -> tuple[int, int, int]:
         return (rng.randrange(4), rng.randrange(4), rng.randrange(4))
@@ -43,7 +43,7 @@ def _make_sample(i: int, rng: random.Random):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def sft_checkpoint(tmp_path: Path, tiny_lm_factory):  # type: ignore[no-untyped-def]
     """A tiny 'SFT' model dir (random weights, radgr_train.json with codebook sizes) and 24 training samples."""
-    from training.data.samples import samples_to_batch
+    from training.data.sample_format import samples_to_batch
     from training.model import save_model_dir
 
     model, tok = tiny_lm_factory(SIZES, seed=3)

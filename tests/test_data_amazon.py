@@ -12,7 +12,8 @@ import pytest
 from sid_index.catalog import read_catalog
 from sid_index.index import SidIndex
 from training.data.amazon import AmazonImportConfig, import_amazon
-from training.data.samples import SampleConfig, build_samples, read_samples
+from training.data.sample_format import read_samples
+from training.data.samples import SampleConfig, build_samples
 from training.data.schema import read_sessions
 
 REAL = Path(__file__).resolve().parents[1] / "../shared/datasets/amazon18-industrial"

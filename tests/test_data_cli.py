@@ -10,7 +10,7 @@ import pytest
 
 from cli.main import main
 from sid_index.catalog import read_catalog
-from training.data.samples import read_samples
+from training.data.sample_format import read_samples
 from training.data.schema import read_sessions
 from training.data.simulator import title_words
 

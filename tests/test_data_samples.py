@@ -14,12 +14,8 @@ from decoding.request_prompt import PromptConfig
 from sid_index.catalog import read_catalog
 from sid_index.index import SidIndex
 from sid_index.tokens import shared_prefix_len
-from training.data.samples import (
-    SampleConfig,
-    build_samples,
-    iter_sample_batches,
-    read_samples,
-)
+from training.data.sample_format import iter_sample_batches, read_samples
+from training.data.samples import SampleConfig, build_samples
 from training.data.schema import Session, read_sessions, write_sessions
 from training.data.simulator import SimConfig, simulate_to_dir
 

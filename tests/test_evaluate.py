@@ -13,7 +13,7 @@ from decoding.engine import ItemHit, RetrievalRequest, RetrievalResult, SidHit
 from decoding.items import expand_items
 from decoding.prompt import PROMPT_VERSION
 from sid_index.index import SidIndex
-from training.data.samples import Sample
+from training.data.sample_format import Sample
 from training.evaluate import (
     EvalConfig,
     EvalRun,

@@ -54,7 +54,7 @@ def tiny_world(tmp_path: Path, tiny_lm_factory):  # type: ignore[no-untyped-def]
     'SFT' checkpoint (a random tiny model)."""
     from decoding.prompt import PROMPT_VERSION
     from sid_index.index import SidIndex
-    from training.data.samples import Sample, samples_to_batch
+    from training.data.sample_format import Sample, samples_to_batch
     from training.model import save_model_dir
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ import torch
 from cli.main import main
 from decoding.prompt import PROMPT_VERSION, render_prompt
 from sid_index.index import SidIndex
-from training.data.samples import Sample, samples_to_batch
+from training.data.sample_format import Sample, samples_to_batch
 from training.model import build_model, load_model, read_train_info
 
 WORDS = ["drill", "tape", "glove", "saw", "hammer", "ruler", "level", "clamp"]

@@ -344,7 +344,7 @@ def run_align(cfg: AlignConfig) -> Path:
     """Train from the SFT checkpoint, then write ``RUN_DIR/final``; returns that path."""
     from transformers import AutoTokenizer
 
-    from training.data.samples import read_samples
+    from training.data.sample_format import read_samples
     from training.model import load_model, num_parameters, read_train_info, save_model_dir
     from training.train_common import training_arguments
 

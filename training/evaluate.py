@@ -343,7 +343,7 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate what ``run`` names; returns (entries, meta) for :func:`write_report`."""
     from sid_index.index import SidIndex
-    from training.data.samples import read_samples
+    from training.data.sample_format import read_samples
     from training.model import read_train_info
 
     index = SidIndex.load(run.index_dir)
@@ -369,7 +369,7 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
 
 def load_test_targets(samples_dir: Path, index: Any, limit: int | None) -> Any:
     """Targets of the first ``limit`` sessions of ``samples_dir/test.parquet``; an empty split is an error."""
-    from training.data.samples import read_samples
+    from training.data.sample_format import read_samples
 
     test = read_samples(samples_dir / "test.parquet")
     if limit is not None:

@@ -82,7 +82,7 @@ def sft_pairs(samples: Sequence[Any]) -> SftPairs:
 
 def read_sft_pairs(path: str | Path) -> SftPairs:
     """Every (prompt, positive) pair of a samples Parquet file (``training.data.samples.read_samples``)."""
-    from training.data.samples import read_samples
+    from training.data.sample_format import read_samples
 
     path = Path(path)
     if not path.is_file():

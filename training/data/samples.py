@@ -1,4 +1,4 @@
-"""Training samples from sessions and a SID index (method.md §1), streamed batch by batch, and their reader.
+"""Training samples from sessions and a SID index (docs/data.md "Samples"), streamed batch by batch.
 
 Contract of :func:`build_samples` (one sample per session that has a positive known to the index):
 - Split: ``"day"`` — the last day in the file is ``test``, every earlier day ``train``; ``"file"`` — a CSV
@@ -15,6 +15,9 @@ Contract of :func:`build_samples` (one sample per session that has a positive kn
 - ``negative_relevant`` is the truth (negative ∈ the session's ``relevant``) when the sessions carry it, else null.
 - Writes ``train.parquet``, ``test.parquet``, ``stats.json`` and ``query_categorizer.json`` into the output
   directory, each atomically; returns the statistics (see :func:`_finish_stats` for the keys).
+
+The rows' format (Arrow schema, :class:`~training.data.sample_format.Sample`, reader, writer) is
+:mod:`training.data.sample_format`.
 """
 
 from __future__ import annotations
@@ -23,13 +26,12 @@ import csv
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from decoding.hard_search import QueryCategorizer
@@ -38,28 +40,10 @@ from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_requ
 from sid_index.atomic_files import write_json_atomic
 from sid_index.index import SidIndex
 from sid_index.tokens import shared_prefix_len
-from training.data.parquet_writer import AtomicParquetWriter
+from training.data.sample_format import SPLITS, Sample, SampleWriter
 from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, last_day, sessions_have_truth
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "test")
-_CODES = pa.list_(pa.list_(pa.int32()))
-SAMPLE_SCHEMA = pa.schema([
-    pa.field("session_id", pa.string(), nullable=False),
-    pa.field("day", pa.int32(), nullable=False),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("prompt", pa.string(), nullable=False),
-    pa.field("prompt_version", pa.string(), nullable=False),
-    pa.field("positive_items", pa.list_(pa.string()), nullable=False),
-    pa.field("positive_codes", _CODES, nullable=False),
-    pa.field("top_index", pa.int32(), nullable=False),
-    pa.field("negative_items", pa.list_(pa.string()), nullable=False),
-    pa.field("negative_codes", _CODES, nullable=False),
-    pa.field("negative_relevant", pa.list_(pa.bool_()), nullable=True),
-    pa.field("relevant_items", pa.list_(pa.string()), nullable=False),
-    pa.field("relevant_grades", pa.list_(pa.int32()), nullable=False),
-])
 
 
 @dataclass(frozen=True)
@@ -78,29 +62,6 @@ class SampleConfig:
             raise ValueError(f"SampleConfig.split must be 'day' or 'file', given {self.split!r}")
         if self.batch_size < 1:
             raise ValueError(f"SampleConfig.batch_size must be >= 1, given {self.batch_size}")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One row of ``samples/{train,test}.parquet`` (docs/architecture.md "Samples")."""
-
-    session_id: str
-    day: int
-    split: str
-    prompt: str
-    prompt_version: str
-    positive_items: tuple[str, ...]
-    positive_codes: tuple[tuple[int, int, int], ...]
-    top_index: int
-    negative_items: tuple[str, ...]
-    negative_codes: tuple[tuple[int, int, int], ...]
-    negative_relevant: tuple[bool, ...] | None
-    relevant_items: tuple[str, ...]
-    relevant_grades: tuple[int, ...]
-
-    @property
-    def top_codes(self) -> tuple[int, int, int]:
-        return self.positive_codes[self.top_index]
 
 
 # ------------------------------------------------------------------------------------------ one session
@@ -261,104 +222,6 @@ def build_sample(
     return sample
 
 
-# ------------------------------------------------------------------------------------------ Arrow I/O
-def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
-    arrays = [
-        pa.array([s.session_id for s in samples], pa.string()),
-        pa.array([s.day for s in samples], pa.int32()),
-        pa.array([s.split for s in samples], pa.string()),
-        pa.array([s.prompt for s in samples], pa.string()),
-        pa.array([s.prompt_version for s in samples], pa.string()),
-        pa.array([list(s.positive_items) for s in samples], pa.list_(pa.string())),
-        pa.array([[list(c) for c in s.positive_codes] for s in samples], _CODES),
-        pa.array([s.top_index for s in samples], pa.int32()),
-        pa.array([list(s.negative_items) for s in samples], pa.list_(pa.string())),
-        pa.array([[list(c) for c in s.negative_codes] for s in samples], _CODES),
-        pa.array([None if s.negative_relevant is None else list(s.negative_relevant) for s in samples],
-                 pa.list_(pa.bool_())),
-        pa.array([list(s.relevant_items) for s in samples], pa.list_(pa.string())),
-        pa.array([list(s.relevant_grades) for s in samples], pa.list_(pa.int32())),
-    ]
-    return pa.RecordBatch.from_arrays(arrays, schema=SAMPLE_SCHEMA)
-
-
-def _codes_tuple(rows: list[list[int]], where: str) -> tuple[tuple[int, int, int], ...]:
-    out = []
-    for c in rows:
-        if c is None or len(c) != 3:
-            raise ValueError(f"{where}: every code entry must hold 3 codes, given {c!r}")
-        out.append((int(c[0]), int(c[1]), int(c[2])))
-    return tuple(out)
-
-
-def samples_from_batch(batch: pa.RecordBatch, where: str, row_offset: int = 0) -> list[Sample]:
-    missing = [f.name for f in SAMPLE_SCHEMA if f.name not in batch.schema.names]
-    if missing:
-        raise ValueError(f"{where}: missing sample columns {missing}")
-    cols = {f.name: batch.column(f.name).to_pylist() for f in SAMPLE_SCHEMA}
-    out = []
-    for i in range(batch.num_rows):
-        w = f"{where} row {row_offset + i}"
-        pos, neg = cols["positive_items"][i], cols["negative_items"][i]
-        pos_codes = _codes_tuple(cols["positive_codes"][i], f"{w} field 'positive_codes'")
-        neg_codes = _codes_tuple(cols["negative_codes"][i], f"{w} field 'negative_codes'")
-        if len(pos_codes) != len(pos) or not pos:
-            raise ValueError(f"{w} field 'positive_codes': need one entry per positive ({len(pos)} >= 1)")
-        if len(neg_codes) != len(neg):
-            raise ValueError(f"{w} field 'negative_codes': need one entry per negative ({len(neg)})")
-        top = int(cols["top_index"][i])
-        if not 0 <= top < len(pos):
-            raise ValueError(f"{w} field 'top_index': must be in [0, {len(pos)}), given {top}")
-        nr = cols["negative_relevant"][i]
-        out.append(Sample(
-            session_id=cols["session_id"][i], day=int(cols["day"][i]), split=cols["split"][i],
-            prompt=cols["prompt"][i], prompt_version=cols["prompt_version"][i], positive_items=tuple(pos),
-            positive_codes=pos_codes, top_index=top, negative_items=tuple(neg), negative_codes=neg_codes,
-            negative_relevant=None if nr is None else tuple(bool(x) for x in nr),
-            relevant_items=tuple(cols["relevant_items"][i]), relevant_grades=tuple(cols["relevant_grades"][i]),
-        ))
-    return out
-
-
-def iter_sample_batches(path: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[Sample]]:
-    """Stream samples from ``train.parquet``/``test.parquet``, ``batch_size`` at a time."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, given {batch_size}")
-    pf = pq.ParquetFile(path)
-    offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size):
-        yield samples_from_batch(batch, str(path), offset)
-        offset += batch.num_rows
-
-
-def read_samples(path: str | os.PathLike[str]) -> list[Sample]:
-    """Every sample of a file, in file order."""
-    return [s for batch in iter_sample_batches(path) for s in batch]
-
-
-class _SampleWriter(AtomicParquetWriter):
-    """Buffer samples and append them ``flush_at`` at a time; the file appears only on a successful close."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SAMPLE_SCHEMA)
-        self.buf: list[Sample] = []
-
-    def add(self, sample: Sample, flush_at: int) -> None:
-        self.buf.append(sample)
-        if len(self.buf) >= flush_at:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buf:
-            self.write_batch(samples_to_batch(self.buf))
-            self.buf = []
-
-    def close(self, ok: bool = True) -> None:
-        if ok:
-            self.flush()
-        super().close(ok)
-
-
 # ------------------------------------------------------------------------------------------ the whole run
 def read_split_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """``session_id,split`` CSV (with that header) → mapping; splits must be ``train`` or ``test``."""
@@ -469,7 +332,7 @@ def build_samples(
     use_cat = categorizer if cfg.prompt.hard_search else None
     prompts = PromptBuilder(index, use_cat, cfg.prompt)
     counters = {s: _Counters() for s in SPLITS}
-    writers = {s: _SampleWriter(out / f"{s}.parquet") for s in SPLITS}
+    writers = {s: SampleWriter(out / f"{s}.parquet") for s in SPLITS}
     sessions = skipped_no_positive = skipped_no_split = 0
     predicted: dict[str, str | None] = {}  # query → predicted category, for the accuracy statistic
     ok = False
