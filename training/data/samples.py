@@ -26,6 +26,7 @@ import csv
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 
 from decoding.hard_search import QueryCategorizer
 from decoding.prompt import PROMPT_VERSION
-from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_request
+from decoding.request_prompt import PromptBuild, PromptBuilder, PromptConfig, prompt_for_request
 from sid_index.atomic_files import write_json_atomic
 from sid_index.index import SidIndex
 from sid_index.tokens import shared_prefix_len
@@ -138,36 +139,33 @@ def _codes(index: SidIndex, item: str) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-@dataclass
-class _Counters:
-    samples: int = 0
-    positives: int = 0
-    negatives: int = 0
-    from_exposure: int = 0
-    short_negatives: int = 0
-    pairs: int = 0
-    share1: int = 0
-    share2: int = 0
-    exp_pairs: int = 0
-    exp_share1: int = 0
-    exp_share2: int = 0
-    rand_pairs: int = 0
-    rand_share1: int = 0
-    rand_share2: int = 0
-    truth_negatives: int = 0
-    relevant_negatives: int = 0
-    exp_truth_negatives: int = 0
-    exp_relevant_negatives: int = 0
-    history_used: int = 0
-    history_unknown: int = 0
-    same_sid_dropped: int = 0
-    categorized: int = 0  # samples with a query and a top positive with a category
-    categorized_right: int = 0  # ... whose query the categorizer maps to that category
+def _count_sample(c: Counter[str], sample: Sample, cfg: SampleConfig, n_exp: int, dropped: int,
+                  build: PromptBuild) -> None:
+    """Add one sample to the counters that :func:`_finish_stats` turns into ratios. ``n_exp`` of its negatives came
+    from the exposure; each (y*, negative) pair is counted under ``all`` and under ``exposed`` or ``random``."""
+    c["samples"] += 1
+    c["positives"] += len(sample.positive_items)
+    c["negatives"] += len(sample.negative_items)
+    c["from_exposure"] += n_exp
+    c["short_negatives"] += int(len(sample.negative_items) < cfg.num_negatives)
+    c["history_used"] += len(build.used_item_ids)
+    c["history_unknown"] += len(build.unknown_item_ids)
+    c["same_sid_dropped"] += dropped
+    neg_rel = sample.negative_relevant
+    for j, codes in enumerate(sample.negative_codes):
+        p = shared_prefix_len(sample.top_codes, codes)
+        for group in ("all", "exposed" if j < n_exp else "random"):
+            c[f"{group}_pairs"] += 1
+            c[f"{group}_share1"] += int(p >= 1)
+            c[f"{group}_share2"] += int(p >= 2)
+            if neg_rel is not None:
+                c[f"{group}_truth_negatives"] += 1
+                c[f"{group}_relevant_negatives"] += int(neg_rel[j])
 
 
 def build_sample(
     session: Session, split: str, index: SidIndex, categorizer: QueryCategorizer | None, cfg: SampleConfig,
-    counters: _Counters | None = None, pool_rows: np.ndarray | None = None, prompts: PromptBuilder | None = None,
+    counters: Counter[str] | None = None, pool_rows: np.ndarray | None = None, prompts: PromptBuilder | None = None,
 ) -> Sample | None:
     """The sample of one session, ``None`` if it has no positive in the index. ``prompts`` (built on the same
     index, categorizer and ``cfg.prompt``) is the cached fast path of :func:`prompt_for_request`."""
@@ -190,35 +188,7 @@ def build_sample(
         relevant_items=tuple(session.relevant or ()), relevant_grades=tuple(session.relevant_grades or ()),
     )
     if counters is not None:
-        c = counters
-        c.samples += 1
-        c.positives += len(positives)
-        c.negatives += len(negatives)
-        c.from_exposure += n_exp
-        c.short_negatives += int(len(negatives) < cfg.num_negatives)
-        c.history_used += len(build.used_item_ids)
-        c.history_unknown += len(build.unknown_item_ids)
-        c.same_sid_dropped += dropped
-        top_codes = pos_codes[top]
-        for j, nc in enumerate(neg_codes):
-            p = shared_prefix_len(top_codes, nc)
-            c.pairs += 1
-            c.share1 += int(p >= 1)
-            c.share2 += int(p >= 2)
-            if j < n_exp:
-                c.exp_pairs += 1
-                c.exp_share1 += int(p >= 1)
-                c.exp_share2 += int(p >= 2)
-            else:
-                c.rand_pairs += 1
-                c.rand_share1 += int(p >= 1)
-                c.rand_share2 += int(p >= 2)
-            if neg_rel is not None:
-                c.truth_negatives += 1
-                c.relevant_negatives += int(neg_rel[j])
-                if j < n_exp:
-                    c.exp_truth_negatives += 1
-                    c.exp_relevant_negatives += int(neg_rel[j])
+        _count_sample(counters, sample, cfg, n_exp, dropped, build)
     return sample
 
 
@@ -277,32 +247,28 @@ def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
-def _finish_stats(c: _Counters) -> dict[str, Any]:
+def _finish_stats(c: Counter[str]) -> dict[str, Any]:
     """Per-split statistics: samples, positives/negatives per sample, shared-prefix shares, truth."""
     return {
-        "samples": c.samples,
-        "positives_per_sample": _ratio(c.positives, c.samples),
-        "negatives_per_sample": _ratio(c.negatives, c.samples),
-        "negatives_from_exposure_share": _ratio(c.from_exposure, c.negatives),
-        "samples_short_of_negatives": c.short_negatives,
-        "pairs_top_positive_negative": c.pairs,
-        "share_first_token": _ratio(c.share1, c.pairs),
-        "share_first_two_tokens": _ratio(c.share2, c.pairs),
-        "share_first_token_exposed_negatives": _ratio(c.exp_share1, c.exp_pairs),
-        "share_first_two_tokens_exposed_negatives": _ratio(c.exp_share2, c.exp_pairs),
-        "share_first_token_random_negatives": _ratio(c.rand_share1, c.rand_pairs),
-        "share_first_two_tokens_random_negatives": _ratio(c.rand_share2, c.rand_pairs),
-        "negatives_truly_relevant": _ratio(c.relevant_negatives, c.truth_negatives),
-        "exposed_negatives_truly_relevant": _ratio(c.exp_relevant_negatives, c.exp_truth_negatives),
-        "history_items_in_prompt_per_sample": _ratio(c.history_used, c.samples),
-        "history_items_unknown_to_index": c.history_unknown,
-        "negatives_dropped_same_sid": c.same_sid_dropped,
-        "categorizer_accuracy": _ratio(c.categorized_right, c.categorized),
+        "samples": c["samples"],
+        "positives_per_sample": _ratio(c["positives"], c["samples"]),
+        "negatives_per_sample": _ratio(c["negatives"], c["samples"]),
+        "negatives_from_exposure_share": _ratio(c["from_exposure"], c["negatives"]),
+        "samples_short_of_negatives": c["short_negatives"],
+        "pairs_top_positive_negative": c["all_pairs"],
+        "share_first_token": _ratio(c["all_share1"], c["all_pairs"]),
+        "share_first_two_tokens": _ratio(c["all_share2"], c["all_pairs"]),
+        "share_first_token_exposed_negatives": _ratio(c["exposed_share1"], c["exposed_pairs"]),
+        "share_first_two_tokens_exposed_negatives": _ratio(c["exposed_share2"], c["exposed_pairs"]),
+        "share_first_token_random_negatives": _ratio(c["random_share1"], c["random_pairs"]),
+        "share_first_two_tokens_random_negatives": _ratio(c["random_share2"], c["random_pairs"]),
+        "negatives_truly_relevant": _ratio(c["all_relevant_negatives"], c["all_truth_negatives"]),
+        "exposed_negatives_truly_relevant": _ratio(c["exposed_relevant_negatives"], c["exposed_truth_negatives"]),
+        "history_items_in_prompt_per_sample": _ratio(c["history_used"], c["samples"]),
+        "history_items_unknown_to_index": c["history_unknown"],
+        "negatives_dropped_same_sid": c["same_sid_dropped"],
+        "categorizer_accuracy": _ratio(c["categorized_right"], c["categorized"]),
     }
-
-
-def _merge(a: _Counters, b: _Counters) -> _Counters:
-    return _Counters(**{k: getattr(a, k) + getattr(b, k) for k in a.__dataclass_fields__})
 
 
 def build_samples(
@@ -331,7 +297,7 @@ def build_samples(
             raise ValueError("pool_item_ids: none of the catalog's items is in the index")
     use_cat = categorizer if cfg.prompt.hard_search else None
     prompts = PromptBuilder(index, use_cat, cfg.prompt)
-    counters = {s: _Counters() for s in SPLITS}
+    counters: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     writers = {s: SampleWriter(out / f"{s}.parquet") for s in SPLITS}
     sessions = skipped_no_positive = skipped_no_split = 0
     predicted: dict[str, str | None] = {}  # query → predicted category, for the accuracy statistic
@@ -355,8 +321,8 @@ def build_samples(
                     guess = predicted[s.query] if s.query in predicted else categorizer.predict(s.query)
                     if len(predicted) < 100_000:  # bounded cache
                         predicted[s.query] = guess
-                    counters[split].categorized += 1
-                    counters[split].categorized_right += int(guess == top_category)
+                    counters[split]["categorized"] += 1
+                    counters[split]["categorized_right"] += int(guess == top_category)
             if progress is not None:
                 progress(len(batch))
         ok = True
@@ -379,9 +345,10 @@ def build_samples(
         "seed": cfg.seed,
         "categorizer_categories": len(categorizer.categories),
         "categorizer_train_pairs": cat_pairs,
-        "all": _finish_stats(_merge(counters["train"], counters["test"])),
+        "all": _finish_stats(counters["train"] + counters["test"]),
         **{s: _finish_stats(counters[s]) for s in SPLITS},
     }
     write_json_atomic(out / "stats.json", stats, sort_keys=False)
-    logger.info("wrote %d train and %d test samples to %s", counters["train"].samples, counters["test"].samples, out)
+    logger.info("wrote %d train and %d test samples to %s", counters["train"]["samples"], counters["test"]["samples"],
+                out)
     return stats
