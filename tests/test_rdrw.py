@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -56,8 +57,10 @@ def test_warmup_gives_ones_then_window_quartiles() -> None:
     assert st.seen == 10
 
 
-def test_state_round_trip_and_resume_is_seamless(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Interrupt after 3 batches, save, load, continue: every later weight equals the uninterrupted run's."""
+def test_state_round_trip_and_resume_is_seamless() -> None:
+    """Interrupt after 3 batches, save, load, continue: every later weight equals the uninterrupted run's.
+
+    Saved the way the training engine saves a checkpoint's extra state (``torch.save`` of ``state_dict()``)."""
     torch.manual_seed(0)
     batches = [torch.rand(6) for _ in range(8)]
     cfg = RdrwConfig(window=10)
@@ -66,8 +69,10 @@ def test_state_round_trip_and_resume_is_seamless(tmp_path) -> None:  # type: ign
     first = RdrwState(cfg)
     for b in batches[:3]:
         first.weigh(b)
-    first.save(tmp_path / "rdrw_state.json")
-    resumed = RdrwState.load(tmp_path / "rdrw_state.json")
+    buf = io.BytesIO()
+    torch.save({"rdrw": first.state_dict()}, buf)
+    buf.seek(0)
+    resumed = RdrwState.from_state_dict(torch.load(buf, weights_only=False)["rdrw"])
     assert resumed.seen == first.seen and resumed.quartiles == first.quartiles
     for b, e in zip(batches[3:], expected[3:], strict=True):
         assert torch.equal(resumed.weigh(b), e)

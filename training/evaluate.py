@@ -22,10 +22,7 @@ Contract (metrics per method.md §4, averaged over test sessions):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +35,7 @@ import numpy as np
 from decoding.engine import MAX_BEAM_WIDTH, RetrievalEngine, RetrievalRequest, RetrievalResult
 from decoding.items import expand_items
 from decoding.prompt import PROMPT_VERSION, encode_prompt
+from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
 from training.metrics import hallucination_rate, mean_metrics, session_metrics
 
 logger = logging.getLogger(__name__)
@@ -258,21 +256,13 @@ def markdown_table(entries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n\n{n} test sessions with positives.\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def write_report(entries: Sequence[dict[str, Any]], out: str | Path, meta: dict[str, Any]) -> dict[str, Path]:
     """``out`` (JSON), ``out`` with ``.md`` (table) and ``.png`` (bar chart of the recalls and MRRs)."""
     out = Path(out)
     doc = {**meta, "results": list(entries)}
-    _atomic_write(out, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    write_json_atomic(out, doc, indent=2, sort_keys=True)
     md = out.with_suffix(".md")
-    _atomic_write(md, markdown_table(entries).encode())
+    write_text_atomic(md, markdown_table(entries))
     png = out.with_suffix(".png")
     _write_chart(entries, png)
     return {"json": out, "markdown": md, "png": png}
@@ -297,11 +287,8 @@ def _write_chart(entries: Sequence[dict[str, Any]], path: Path) -> None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- the command's library side

@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
 from training.align import AlignConfig, default_align_train_config, run_align
 from training.evaluate import EvalConfig
 from training.losses import RadDpoConfig
@@ -285,14 +284,6 @@ def markdown_report(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def write_chart(doc: dict[str, Any], path: Path) -> None:
     """Grouped bars with std error bars: the headline metrics per method."""
     import matplotlib
@@ -317,12 +308,8 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{doc['dataset']} data: mean ± std over {doc['seeds']} seed(s)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -345,11 +332,11 @@ def _write_outputs(cfg: ExperimentConfig, settings: dict[str, Any], eval_cfg: Ev
            "runs": runs, "wall_seconds": wall, "runs_done": done, "runs_total": total}
     out = cfg.out_dir
     paths = {"json": out / "paper_table.json", "markdown": out / "paper_table.md", "png": out / "paper_table.png"}
-    _atomic_write(paths["json"], (json.dumps(doc, indent=1) + "\n").encode())
+    write_json_atomic(paths["json"], doc, indent=1, sort_keys=False)
     md = markdown_report(doc)
     if done < total:
         md = f"**Partial: {done} of {total} runs finished.**\n\n" + md
-    _atomic_write(paths["markdown"], md.encode())
+    write_text_atomic(paths["markdown"], md)
     write_chart(doc, paths["png"])
     return paths
 
@@ -396,7 +383,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
             entry = _evaluate(model_dir, index, targets, eval_cfg)
             entry.update({"variant": variant, "seed": seed, "model": str(model_dir),
                           "train_seconds": t_eval - t_run, "eval_seconds": time.time() - t_eval})
-            _atomic_write(eval_path, (json.dumps({"settings": key, "entry": entry}, indent=1) + "\n").encode())
+            write_json_atomic(eval_path, {"settings": key, "entry": entry}, indent=1, sort_keys=False)
         runs.setdefault(variant, []).append(entry)
         if VARIANTS[variant] is not None:
             diagnostics.setdefault(variant, []).append(diagnostics_from_log(run_dir))

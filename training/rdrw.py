@@ -12,26 +12,21 @@ Contract
   while fewer than M pairs have been seen before the batch (warm-up [P]), every weight is 1; afterwards the
   quartiles of the window as it stood before the batch set the weights ([R] order: weigh, then update).
   Quartiles are recomputed after every update ("updated as training goes" [P]), linear interpolation.
-- ``state_dict()`` / ``from_state_dict()`` and ``save(path)`` / ``load(path)`` (atomic JSON) round-trip the state
-  exactly, so a resumed run weighs the next pair as the uninterrupted run would.
+- ``state_dict()`` / ``from_state_dict()`` round-trip the state exactly (plain numbers and lists: the training
+  engine saves it inside every checkpoint's extra state), so a resumed run weighs the next pair as the
+  uninterrupted run would.
 
 In data-parallel training each process keeps its own window of the pairs it sees (a documented simplification).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-STATE_FILE = "rdrw_state.json"
 
 
 @dataclass(frozen=True)
@@ -124,17 +119,3 @@ class RdrwState:
         q = d["quartiles"]
         state.quartiles = None if q is None else (float(q[0]), float(q[1]), float(q[2]))
         return state
-
-    def save(self, path: str | Path) -> None:
-        """Atomic JSON write (tmp file in the same folder, then rename). Floats round-trip exactly (repr)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".rdrw-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.state_dict(), f)
-        os.replace(tmp, path)
-
-    @staticmethod
-    def load(path: str | Path) -> RdrwState:
-        with open(path) as f:
-            return RdrwState.from_state_dict(json.load(f))

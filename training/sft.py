@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from decoding.sid_vocab import SidVocab
+from sid_index.atomic_files import publish_directory
 from sid_index.tokens import NUM_LEVELS
 from training.train_common import (
     LABEL_KEY,
@@ -223,9 +223,8 @@ def prepare_model_and_tokenizer(cfg: SftConfig, index: Any, prompts: Sequence[st
         titles = _catalog_titles(cfg.catalog_path)
         tokenizer = build_tokenizer([*titles, *prompts], sizes, vocab_size=cfg.tokenizer_vocab_size)
         if int(os.environ.get("RANK", "0")) == 0:
-            tmp = Path(tempfile.mkdtemp(dir=cfg.out_dir, prefix=".tokenizer.", suffix=".tmp"))
-            tokenizer.save_pretrained(str(tmp))
-            os.replace(tmp, tok_dir)
+            with publish_directory(tok_dir) as staging:
+                tokenizer.save_pretrained(str(staging))
     model = build_model(cfg.preset, len(tokenizer), seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id)
     return model.train(), tokenizer

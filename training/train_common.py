@@ -48,10 +48,9 @@ How a trainer subclasses it (SFT is the worked example)::
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +59,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from sid_index.atomic_files import save_figure_atomic, write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -245,14 +246,6 @@ def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------- files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_loss_plot(log_history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "training loss") -> None:
     """A PNG of ``loss`` (and ``eval_loss`` when present) against the optimizer step."""
     import matplotlib
@@ -273,13 +266,8 @@ def write_loss_plot(log_history: Sequence[Mapping[str, Any]], path: str | Path, 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 class RunLogCallback(TrainerCallback):
@@ -290,7 +278,7 @@ class RunLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
         if state.is_world_process_zero:
-            _atomic_write_text(self.run_dir / TRAIN_LOG_FILE, json.dumps(state.log_history, indent=1) + "\n")
+            write_json_atomic(self.run_dir / TRAIN_LOG_FILE, state.log_history, indent=1, sort_keys=False)
 
     def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         if state.is_world_process_zero:
@@ -298,7 +286,7 @@ class RunLogCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         if state.is_world_process_zero:
-            _atomic_write_text(self.run_dir / TRAIN_LOG_FILE, json.dumps(state.log_history, indent=1) + "\n")
+            write_json_atomic(self.run_dir / TRAIN_LOG_FILE, state.log_history, indent=1, sort_keys=False)
             write_loss_plot(state.log_history, self.run_dir / LOSS_PLOT_FILE)
 
 
@@ -313,11 +301,9 @@ class _ExtraStateCallback(TrainerCallback):
         if extra is None or not state.is_world_process_zero:
             return
         ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=ckpt, prefix=f".{EXTRA_STATE_FILE}.", suffix=".tmp")
-        os.close(fd)
-        torch.save(extra, tmp)
-        os.replace(tmp, ckpt / EXTRA_STATE_FILE)
+        buf = io.BytesIO()
+        torch.save(extra, buf)
+        write_bytes_atomic(ckpt / EXTRA_STATE_FILE, buf.getvalue())
 
 
 def run_callbacks(run_dir: str | Path) -> list[TrainerCallback]:
