@@ -30,13 +30,11 @@ Contract:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +45,15 @@ from decoding.hard_search import QueryCategorizer
 from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import PromptConfig
 from decoding.sid_vocab import SidVocab
+from sid_index.atomic_files import publish_directory, sha256_file
 from sid_index.index import SidIndex
+from sid_index.manifest import MANIFEST, read_format_manifest
 from sid_index.tokens import NUM_LEVELS, sid_token
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "radgr-bundle"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 MODEL_DIR = "model"
 INDEX_DIR = "index"
 CATEGORIZER = "query_categorizer.json"
@@ -95,24 +94,19 @@ class Bundle:
 
 
 # -- small pure helpers ---------------------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def pinned_generation_config(eos_id: int, pad_id: int | None, beam_width: int = MAX_BEAM_WIDTH) -> dict[str, Any]:
-    """Every decoding parameter of SID beam search, explicit, so no library default leaks in (the same values
-    ``training.model.pinned_generation_config`` writes; a test checks ``GenerationConfig`` accepts them strictly)."""
+def pinned_generation_config(eos_id: int | None, pad_id: int | None,
+                             beam_width: int = MAX_BEAM_WIDTH) -> dict[str, Any]:
+    """Every decoding parameter of SID beam search, explicit, so no library default leaks in (padding defaults to
+    eos). The one definition: ``training.model.hf_generation_config`` builds a strictly validated
+    ``GenerationConfig`` from it for model directories; bundles write it as ``model/generation_config.json``."""
+    eos = None if eos_id is None else int(eos_id)
     return {
         "num_beams": beam_width, "num_return_sequences": beam_width, "max_new_tokens": NUM_LEVELS,
         "min_new_tokens": NUM_LEVELS, "do_sample": False, "length_penalty": 0.0, "early_stopping": True,
         "temperature": None, "top_k": None, "top_p": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
         "num_beam_groups": 1, "diversity_penalty": 0.0, "renormalize_logits": False, "use_cache": True,
         "output_scores": False, "return_dict_in_generate": False, "bos_token_id": None,
-        "eos_token_id": int(eos_id), "pad_token_id": int(pad_id if pad_id is not None else eos_id),
+        "eos_token_id": eos, "pad_token_id": eos if pad_id is None else int(pad_id),
     }
 
 
@@ -212,10 +206,7 @@ def write_bundle(out_dir: str | os.PathLike[str], model_dir: str | os.PathLike[s
         raise BundleError(f"bundle directory {str(target)!r} already exists (pass overwrite=True to replace it)")
     prov = _check_provenance(provenance)
     prompt_cfg = prompt_config if prompt_config is not None else PromptConfig()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
+    with publish_directory(target, overwrite=overwrite) as staging:
         _copy_model_files(Path(model_dir), staging / MODEL_DIR)
         tokenizer = _load_tokenizer(staging / MODEL_DIR)
         try:
@@ -246,16 +237,6 @@ def write_bundle(out_dir: str | os.PathLike[str], model_dir: str | os.PathLike[s
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -271,22 +252,9 @@ class _Checked:
 
 
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    d = Path(bundle_dir)
-    if not d.is_dir():
-        raise BundleError(f"bundle directory {str(d)!r} does not exist")
-    path = d / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"bundle file {MANIFEST!r} is missing in {str(d)!r}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"bundle file {MANIFEST!r} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"manifest field 'format' must be {FORMAT_NAME!r}, given {got!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"manifest field 'format_version' must be {FORMAT_VERSION}, "
-                          f"given {manifest.get('format_version')!r}")
+    """The bundle's manifest after the format checks and the check that every top-level field is there."""
+    manifest = read_format_manifest(bundle_dir, kind="bundle", format_name=FORMAT_NAME,
+                                    format_version=FORMAT_VERSION, error=BundleError)
     for key in ("name", "prompt", "sid_layout", "index", "provenance", "files"):
         if key not in manifest:
             raise BundleError(f"manifest is missing field {key!r}")

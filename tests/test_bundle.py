@@ -16,11 +16,11 @@ from decoding.bundle import (
     MANIFEST,
     BundleError,
     load_bundle,
-    sha256_file,
     verify_bundle,
     write_bundle,
 )
 from decoding.prompt import PROMPT_VERSION
+from sid_index.atomic_files import sha256_file
 
 PROVENANCE = {"method": "sft", "data": "synthetic-tiny", "steps": 3, "metrics": {"item_recall@10": 0.5}}
 
