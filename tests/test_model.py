@@ -12,9 +12,9 @@ from conftest import make_tiny_tokenizer
 from training.model import (
     PRESETS,
     build_model,
+    hf_generation_config,
     load_model,
     num_parameters,
-    pinned_generation_config,
     preset_config,
     read_train_info,
     save_model_dir,
@@ -52,11 +52,13 @@ def test_bad_preset_and_vocab() -> None:
 
 
 def test_generation_config_pins_every_decoding_parameter() -> None:
-    g = pinned_generation_config(eos_token_id=1, pad_token_id=0)
+    g = hf_generation_config(eos_token_id=1, pad_token_id=0)
     assert (g.num_beams, g.num_return_sequences, g.max_new_tokens, g.min_new_tokens) == (128, 128, 3, 3)
     assert g.do_sample is False and g.length_penalty == 0.0 and g.early_stopping is True
     assert g.repetition_penalty == 1.0 and g.no_repeat_ngram_size == 0
     assert g.temperature is None and g.top_k is None and g.top_p is None
+    assert (g.eos_token_id, g.pad_token_id) == (1, 0)
+    assert hf_generation_config(eos_token_id=1, pad_token_id=None).pad_token_id == 1  # padding defaults to eos
 
 
 def test_save_and_load_model_dir(tmp_path: Path) -> None:

@@ -6,18 +6,16 @@ Contract:
   is radgr's).
 - ``build_model(preset, vocab_size, seed)`` -> a freshly initialised ``Qwen3ForCausalLM`` (fp32, seeded).
 - ``load_model(dir)`` -> the causal LM saved in a model directory (any local HF causal-LM directory works).
-- ``save_model_dir(model, tokenizer, out_dir, train_info)`` writes, atomically (temp dir then rename), a standard
-  HF directory: config.json, model.safetensors, tokenizer files, ``generation_config.json`` pinning every
-  decoding parameter (:func:`pinned_generation_config`), and ``radgr_train.json`` (``train_info``).
+- ``save_model_dir(model, tokenizer, out_dir, train_info)`` writes, atomically
+  (:func:`sid_index.atomic_files.publish_directory`), a standard HF directory: config.json, model.safetensors,
+  tokenizer files, ``generation_config.json`` pinning every decoding parameter (:func:`hf_generation_config`, from
+  :func:`decoding.bundle.pinned_generation_config`), and ``radgr_train.json`` (``train_info``).
 - ``read_train_info(dir)`` reads ``radgr_train.json`` back.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
-from decoding.engine import MAX_BEAM_WIDTH
-from sid_index.tokens import NUM_LEVELS
+from decoding.bundle import pinned_generation_config
+from sid_index.atomic_files import publish_directory
 
 TRAIN_INFO_FILE = "radgr_train.json"
 
@@ -95,7 +93,7 @@ def build_model(preset: str, vocab_size: int, seed: int = 0, *, pad_token_id: in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(cfg)
-    model.generation_config = pinned_generation_config(eos_token_id, pad_token_id)
+    model.generation_config = hf_generation_config(eos_token_id, pad_token_id)
     return model
 
 
@@ -120,19 +118,13 @@ def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> 
     return model.eval()
 
 
-def pinned_generation_config(eos_token_id: int | None, pad_token_id: int | None) -> GenerationConfig:
-    """Every decoding parameter radgr relies on, set explicitly (beam search over exactly 3 SID tokens).
+def hf_generation_config(eos_token_id: int | None, pad_token_id: int | None) -> GenerationConfig:
+    """:func:`decoding.bundle.pinned_generation_config` as a strictly validated ``GenerationConfig``.
 
     Callers of ``generate`` must still pass their parameters explicitly; this file only documents the intent
     and stops a base model's own defaults (sampling, temperature, repetition penalty ...) from leaking in.
     """
-    cfg = GenerationConfig(
-        num_beams=MAX_BEAM_WIDTH, num_return_sequences=MAX_BEAM_WIDTH, do_sample=False, length_penalty=0.0,
-        max_new_tokens=NUM_LEVELS, min_new_tokens=NUM_LEVELS, early_stopping=True, temperature=None, top_k=None,
-        top_p=None, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beam_groups=1, diversity_penalty=0.0,
-        renormalize_logits=False, use_cache=True, output_scores=False, return_dict_in_generate=False,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
-    )
+    cfg = GenerationConfig(**pinned_generation_config(eos_token_id, pad_token_id))
     cfg.validate(strict=True)
     return cfg
 
@@ -140,27 +132,15 @@ def pinned_generation_config(eos_token_id: int | None, pad_token_id: int | None)
 def save_model_dir(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, train_info: dict[str, Any]) -> Path:
     """Write the model directory atomically (see module docstring); an existing ``out_dir`` is replaced."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        model.generation_config = pinned_generation_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with publish_directory(out) as staging:
+        model.generation_config = hf_generation_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
         model.config.eos_token_id = tokenizer.eos_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        with open(tmp / TRAIN_INFO_FILE, "w", encoding="utf-8") as fh:
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        with open(staging / TRAIN_INFO_FILE, "w", encoding="utf-8") as fh:
             json.dump(train_info, fh, indent=2, sort_keys=True, default=_json_default)
             fh.write("\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
