@@ -35,7 +35,7 @@ def serve_command(
     from pydantic import ValidationError
 
     from decoding.bundle import BundleError, verify_bundle
-    from server.app import run_server
+    from server.runner import run_server
     from server.settings import ServerSettings
 
     try:

@@ -7,6 +7,9 @@ Contract:
   given value, truncated) — never ``str(exc)``, which can leak internals.
 - Any other exception answers 500 with a fixed message; the traceback goes to the log only.
 - ``error_response(...)`` builds the JSON response; ``install_error_handlers(app)`` registers the handlers.
+- ``ERROR_RESPONSES`` describes the error answers of ``/retrieve`` in the OpenAPI document;
+  ``CLIENT_CLOSED_STATUS`` (499) is the status a request whose client went away is recorded with.
+Status codes and their meaning: docs/serving.md "HTTP API".
 """
 
 from __future__ import annotations
@@ -20,9 +23,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server import schemas
+
 logger = logging.getLogger(__name__)
 
 _GIVEN_MAX_CHARS = 40
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": recorded in metrics, never seen by a client
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": schemas.ErrorResponse, "description": "API key configured and missing or wrong."},
+    413: {"model": schemas.ErrorResponse, "description": "Body larger than the server's limit."},
+    422: {"model": schemas.ErrorResponse, "description": "A field violates its type or bound (named in the body)."},
+    500: {"model": schemas.ErrorResponse, "description": "A bug; no internals in the body."},
+    503: {"model": schemas.ErrorResponse, "description": "Queue full, draining or not ready; see Retry-After.",
+          "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                      "schema": {"type": "integer"}}}},
+    504: {"model": schemas.ErrorResponse, "description": "The request's deadline passed before it was served."},
+}
 
 
 class ApiError(Exception):

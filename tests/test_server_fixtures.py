@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from decoding.bundle import Bundle
 from decoding.engine import RetrievalEngine, RetrievalRequest, RetrievalResult
-from server.app import torch_engine_factory
+from server.engine_factory import torch_engine_factory
 from server.settings import ServerSettings
 
 

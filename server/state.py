@@ -1,0 +1,59 @@
+"""What the routes of one app share, and the dependencies through which they reach it.
+
+Contract:
+- :class:`ServingState` is created (empty) by ``create_app`` and kept at ``app.state.serving``; the lifespan fills
+  ``bundle``, ``engine`` and ``batcher`` and sets ``ready`` after the warm-up; the runner's drain sets
+  ``draining`` (and clears ``ready``) through :meth:`ServingState.begin_drain`; the retrieve route keeps
+  ``in_flight`` (requests admitted and not yet answered), which the drain waits on.
+- ``get_state`` and ``get_settings`` are the FastAPI dependencies through which routes reach the state and the
+  settings. The settings are the app's own instance, read once when the app was built (``create_app(None)`` reads
+  the environment through the cached ``server.settings.load_settings``), never a module global.
+  ``get_settings`` depends on ``get_state``, so overriding ``get_state`` (``app.dependency_overrides``) puts a fake
+  behind both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+
+from decoding.bundle import Bundle
+from decoding.engine import RetrievalEngine
+from server.batcher import MicroBatcher
+from server.metrics import ServerMetrics
+from server.settings import ServerSettings
+
+
+@dataclass
+class ServingState:
+    """Everything the routes need; filled by the lifespan."""
+
+    settings: ServerSettings
+    metrics: ServerMetrics
+    bundle: Bundle | None = None
+    engine: RetrievalEngine | None = None
+    batcher: MicroBatcher | None = None
+    ready: bool = False
+    draining: bool = False
+    in_flight: int = 0
+    warmup_seconds: float = 0.0
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        self.ready = False
+
+    @property
+    def alive(self) -> bool:
+        return self.batcher is None or self.batcher.alive
+
+
+def get_state(request: Request) -> ServingState:
+    """The dependency every route uses to reach the bundle, engine and batcher."""
+    state: ServingState = request.app.state.serving
+    return state
+
+
+def get_settings(state: ServingState = Depends(get_state)) -> ServerSettings:
+    """The dependency through which routes read the app's settings (read once when the app was built)."""
+    return state.settings
