@@ -31,8 +31,8 @@ from sid_index.index import SidIndex
 
 @dataclass(frozen=True)
 class PromptConfig:
-    max_history: int = 50  # method.md §1: history capped, most recent first
-    hard_search: bool = True  # method.md §1: keep only history items of the query's predicted category
+    max_history: int = 50  # the paper's prompt (docs/data.md "Samples"): history capped, most recent first
+    hard_search: bool = True  # the paper's hard search: keep only history items of the query's predicted category
 
     def __post_init__(self) -> None:
         if self.max_history < 0:

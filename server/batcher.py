@@ -1,6 +1,6 @@
 """An asyncio micro-batcher in front of one engine: admission control, batching, deadlines, cancellation.
 
-Contract (serving.md "Batching" and "Bounded everything"):
+Contract (docs/serving.md "Serving behaviour"):
 1. ``admit(request, deadline)`` is synchronous: it checks the queue bounds (requests and beam rows) and counts the
    request in the same step, so a burst can never pass the check and then all be counted; over a bound it raises
    :class:`QueueFull` (→ 503). ``retrieve`` = ``admit`` + ``wait``.
