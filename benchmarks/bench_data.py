@@ -28,7 +28,8 @@ from typing import Any
 
 
 def _simulate(out: str, sessions: int, q: Any) -> None:
-    from training.data.simulator import SimConfig, simulate_to_dir
+    from training.data.sim_config import SimConfig
+    from training.data.simulator import simulate_to_dir
 
     per_day = max(1, sessions // 8)
     cfg = SimConfig(sessions_per_day=per_day, days=8)
@@ -74,7 +75,9 @@ def _run(target: Any, *args: Any) -> dict[str, Any]:
 
 def sweep(values: list[float], out: Path) -> None:
     """Pseudo-negative rate and clicks per session against the position-bias knob (default config otherwise)."""
-    from training.data.simulator import SimConfig, generate_world, iter_simulated_sessions
+    from training.data.sim_config import SimConfig
+    from training.data.simulator import iter_simulated_sessions
+    from training.data.world import generate_world
 
     world = generate_world(SimConfig())
     rows = []

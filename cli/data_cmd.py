@@ -28,7 +28,8 @@ from sid_index.index import SidIndex
 from training.data.amazon import AmazonImportConfig, import_amazon
 from training.data.samples import SampleConfig, build_samples, read_split_file
 from training.data.schema import count_sessions
-from training.data.simulator import SimConfig, simulate_to_dir
+from training.data.sim_config import SimConfig
+from training.data.simulator import simulate_to_dir
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()

@@ -12,7 +12,7 @@ from cli.main import main
 from sid_index.catalog import read_catalog
 from training.data.sample_format import read_samples
 from training.data.schema import read_sessions
-from training.data.simulator import title_words
+from training.data.world import title_words
 
 
 def _text_embeddings(titles: list[str], dim: int = 64) -> np.ndarray:

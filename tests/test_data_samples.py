@@ -17,7 +17,8 @@ from sid_index.tokens import shared_prefix_len
 from training.data.sample_format import iter_sample_batches, read_samples
 from training.data.samples import SampleConfig, build_samples
 from training.data.schema import Session, read_sessions, write_sessions
-from training.data.simulator import SimConfig, simulate_to_dir
+from training.data.sim_config import SimConfig
+from training.data.simulator import simulate_to_dir
 
 SMALL = {"items": 300, "users": 40, "sessions_per_day": 80, "days": 3}
 

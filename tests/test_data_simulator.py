@@ -11,14 +11,9 @@ import pytest
 
 from sid_index.catalog import Catalog, read_catalog, write_catalog
 from training.data.schema import read_sessions
-from training.data.simulator import (
-    SimConfig,
-    add_typo,
-    generate_world,
-    iter_simulated_sessions,
-    simulate_to_dir,
-    world_from_catalog,
-)
+from training.data.sim_config import SimConfig
+from training.data.simulator import add_typo, iter_simulated_sessions, simulate_to_dir
+from training.data.world import generate_world, world_from_catalog
 
 SMALL = {"items": 400, "users": 60, "sessions_per_day": 150, "days": 3}
 
