@@ -7,7 +7,9 @@ import concurrent.futures
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,12 +29,12 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(bundle: Path):  # type: ignore[no-untyped-def]
+def client(bundle: Path) -> Iterator[TestClient]:
     with TestClient(create_app(ServerSettings(bundle=bundle, max_body_bytes=4096))) as c:
         yield c
 
 
-def _assert_error_shape(body: dict, status_type: str) -> None:  # type: ignore[type-arg]
+def _assert_error_shape(body: dict[str, Any], status_type: str) -> None:
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["type"] == status_type
@@ -98,7 +100,7 @@ def test_history_keeps_the_most_recent_up_to_the_cap(client: TestClient) -> None
     ({"debug": "maybe"}, "debug", "must be a boolean"),
     ({"surprise": 1}, "surprise", "not a known field"),
 ])
-def test_422_names_field_and_bound(bundle: Path, payload: dict, param: str, bound: str) -> None:  # type: ignore[type-arg]
+def test_422_names_field_and_bound(bundle: Path, payload: dict[str, Any], param: str, bound: str) -> None:
     with TestClient(create_app(ServerSettings(bundle=bundle))) as c:  # large body limit for the long history
         r = c.post("/retrieve", json={"query": "q", **payload})
     assert r.status_code == 422, r.text
@@ -352,7 +354,8 @@ def test_settings_name_field_and_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ServerSettings().port == 8123 and ServerSettings().host == "127.0.0.1"
 
 
-def test_serve_command_refuses_bad_options_and_missing_bundle(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_serve_command_refuses_bad_options_and_missing_bundle(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from cli.main import main
 
     assert main(["serve", "--bundle", str(tmp_path), "--max-batch-rows", "64"]) == 2

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
 from decoding.engine import RetrievalRequest, RetrievalResult
 from server.batcher import BatcherClosed, BatcherConfig, DeadlineExceeded, MicroBatcher, QueueFull
 from server.metrics import ServerMetrics
+
+T = TypeVar("T")
 
 
 class Recorder:
@@ -38,7 +41,7 @@ def req(tag: int, beam: int = 4) -> RetrievalRequest:
     return RetrievalRequest((tag,), beam_width=beam)
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout=30))
 
 

@@ -13,9 +13,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from fastapi import FastAPI
+
 from decoding.bundle import Bundle
 from decoding.engine import RetrievalEngine, RetrievalRequest, RetrievalResult
-from server.engine_factory import torch_engine_factory
+from server.engine_factory import EngineFactory, torch_engine_factory
 from server.settings import ServerSettings
 
 
@@ -53,7 +55,7 @@ class GatedEngine:
         return self.inner.retrieve_batch(requests)
 
 
-def gated_factory(holder: list[GatedEngine]):  # type: ignore[no-untyped-def]
+def gated_factory(holder: list[GatedEngine]) -> EngineFactory:
     """An ``engine_factory`` that wraps the default engine and hands the wrapper to the test via ``holder``."""
 
     def factory(bundle: Bundle, settings: ServerSettings) -> RetrievalEngine:
@@ -71,7 +73,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, timeout_s: float = 60.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def serve_in_thread(app: FastAPI, timeout_s: float = 60.0) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 (any free port) in a thread; yields the base URL."""
     import uvicorn
 
