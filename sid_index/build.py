@@ -2,8 +2,9 @@
 
 Contract:
 
-- :class:`IndexConfig` (frozen, validated) holds every build setting (``balanced`` is an opt-in variant: balanced
-  k-means per level; the default is the paper's plain residual k-means); ``build_index(catalog, embeddings, cfg)``
+- :class:`IndexConfig` (frozen, validated) holds every build setting: ``rq``, the residual k-means settings
+  (:class:`~sid_index.rqkmeans.RQKMeansConfig`; ``balanced`` is an opt-in variant: balanced k-means per level; the
+  default is the paper's plain residual k-means). ``build_index(catalog, embeddings, cfg)``
   trains the residual codebooks on a sample, assigns all items in batches, groups identical codes into SIDs
   (popularity order within a SID) and records the config in the index manifest. Deterministic for a fixed seed.
 - :func:`index_stats` returns a JSON-ready dict: ``items``, ``unique_sids``, ``collision_rate`` (= 1 − SIDs/items),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,32 +34,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How to turn embeddings into SIDs (see :class:`~sid_index.rqkmeans.RQKMeansConfig` for the k-means fields)."""
+    """How to turn embeddings into SIDs: the residual k-means settings (validated by :class:`RQKMeansConfig`)."""
 
-    codebook_sizes: tuple[int, int, int] = (256, 256, 256)
-    seed: int = 0
-    kmeans_iters: int = 20
-    train_points_per_centroid: int = 256
-    max_train_points: int | None = None
-    assign_batch_size: int = 65536
-    balanced: bool = False
-    balance_rounds: int = 5
+    rq: RQKMeansConfig = field(default_factory=RQKMeansConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
-        self.rqkmeans()  # validates every field, messages name it
+        if not isinstance(self.rq, RQKMeansConfig):
+            raise TypeError(f"rq must be an RQKMeansConfig, given {type(self.rq).__name__}")
 
-    def rqkmeans(self) -> RQKMeansConfig:
-        """The k-means part of this config (same field names)."""
-        return RQKMeansConfig(
-            codebook_sizes=self.codebook_sizes, seed=self.seed, kmeans_iters=self.kmeans_iters,  # type: ignore[arg-type]
-            train_points_per_centroid=self.train_points_per_centroid, max_train_points=self.max_train_points,
-            assign_batch_size=self.assign_batch_size, balanced=self.balanced, balance_rounds=self.balance_rounds,
-        )
+    @property
+    def codebook_sizes(self) -> tuple[int, int, int]:
+        return self.rq.codebook_sizes
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["codebook_sizes"] = list(self.codebook_sizes)
+        """The build config as recorded in the index manifest (``config["index"]``: the k-means fields, flat)."""
+        d = asdict(self.rq)
+        d["codebook_sizes"] = list(self.rq.codebook_sizes)
         return d
 
 
@@ -71,9 +62,8 @@ def build_index(catalog: Catalog, embeddings: np.ndarray, cfg: IndexConfig,
         raise ValueError(f"embeddings rows must equal the catalog's {catalog.num_items} items, "
                          f"given {embeddings.shape[0]}")
     check_finite(embeddings, catalog.item_ids)
-    rq = cfg.rqkmeans()
-    codebooks = train_codebooks(embeddings, rq)
-    codes = assign_codes(embeddings, codebooks, batch_size=rq.assign_batch_size)
+    codebooks = train_codebooks(embeddings, cfg.rq)
+    codes = assign_codes(embeddings, codebooks, batch_size=cfg.rq.assign_batch_size)
     config = {"index": cfg.to_dict(), "embedding_dim": int(embeddings.shape[1]), **(provenance or {})}
     return SidIndex.from_codes(catalog.item_ids, codes, catalog.popularity, catalog.categories,
                                cfg.codebook_sizes, config=config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,8 +69,8 @@ def test_balanced_uses_codes_more_evenly() -> None:
     # 40 tight clusters: after level 0 the residuals are mostly isotropic noise, where plain k-means codes collapse
     # onto the centroids nearest the origin
     x = _mixture(2000, 32, 40, seed=3)
-    plain = build_index(_catalog(2000), x, IndexConfig(codebook_sizes=(16, 16, 16)))
-    bal = build_index(_catalog(2000), x, IndexConfig(codebook_sizes=(16, 16, 16), balanced=True))
+    plain = build_index(_catalog(2000), x, IndexConfig(RQKMeansConfig(codebook_sizes=(16, 16, 16))))
+    bal = build_index(_catalog(2000), x, IndexConfig(RQKMeansConfig(codebook_sizes=(16, 16, 16), balanced=True)))
     ent_plain = [lv["entropy_normalized"] for lv in index_stats(plain)["levels"]]
     ent_bal = [lv["entropy_normalized"] for lv in index_stats(bal)["levels"]]
     assert all(e > 0.99 for e in ent_bal) and ent_plain[2] < 0.9
@@ -80,17 +81,17 @@ def test_balanced_uses_codes_more_evenly() -> None:
 def test_same_seed_same_sids_other_seed_differs() -> None:
     x = _mixture(1500, 24, 30, seed=2)
     cat = _catalog(1500)
-    a = build_index(cat, x, IndexConfig(codebook_sizes=(16, 8, 8), seed=5))
-    b = build_index(cat, x, IndexConfig(codebook_sizes=(16, 8, 8), seed=5))
-    c = build_index(cat, x, IndexConfig(codebook_sizes=(16, 8, 8), seed=6))
+    a = build_index(cat, x, IndexConfig(RQKMeansConfig(codebook_sizes=(16, 8, 8), seed=5)))
+    b = build_index(cat, x, IndexConfig(RQKMeansConfig(codebook_sizes=(16, 8, 8), seed=5)))
+    c = build_index(cat, x, IndexConfig(RQKMeansConfig(codebook_sizes=(16, 8, 8), seed=6)))
     assert [a.sid_of_item(i) for i in cat.item_ids] == [b.sid_of_item(i) for i in cat.item_ids]
     assert [a.sid_of_item(i) for i in cat.item_ids] != [c.sid_of_item(i) for i in cat.item_ids]
 
 
 def test_training_on_a_sample_still_assigns_everything() -> None:
     x = _mixture(3000, 16, 20, seed=4)
-    cfg = IndexConfig(codebook_sizes=(8, 8, 8), train_points_per_centroid=20, assign_batch_size=500)
-    assert cfg.rqkmeans().train_sample_size(3000) == 160
+    cfg = IndexConfig(RQKMeansConfig(codebook_sizes=(8, 8, 8), train_points_per_centroid=20, assign_batch_size=500))
+    assert cfg.rq.train_sample_size(3000) == 160
     ix = build_index(_catalog(3000), x, cfg)
     assert ix.num_items == 3000 and int(np.diff(ix.sid_item_indptr).sum()) == 3000
     assert ix.config["index"]["train_points_per_centroid"] == 20
@@ -129,7 +130,7 @@ def test_prefix_tables_describe_exactly_the_sid_set(sizes, raw) -> None:  # type
 @given(st.integers(20, 120), st.integers(0, 1000))
 def test_built_index_tables_match_sids(n: int, seed: int) -> None:
     x = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
-    ix = build_index(_catalog(n), x, IndexConfig(codebook_sizes=(4, 4, 3), seed=seed % 7))
+    ix = build_index(_catalog(n), x, IndexConfig(RQKMeansConfig(codebook_sizes=(4, 4, 3), seed=seed % 7)))
     np.testing.assert_array_equal(ix.tables.paths(), ix.sid_codes)
     assert {tuple(ix.codes_of_item(i)) for i in ix.item_ids} == {tuple(r) for r in ix.sid_codes.tolist()}
 
@@ -153,7 +154,7 @@ def test_index_stats_numbers() -> None:
 def test_codebook_larger_than_items_is_an_error() -> None:
     x = _mixture(50, 8, 3, seed=0)
     with pytest.raises(ValueError, match=r"codebook_sizes\[0\] = 64 exceeds the 50 items to cluster"):
-        build_index(_catalog(50), x, IndexConfig(codebook_sizes=(64, 4, 4)))
+        build_index(_catalog(50), x, IndexConfig(RQKMeansConfig(codebook_sizes=(64, 4, 4))))
 
 
 @pytest.mark.parametrize(
@@ -168,23 +169,32 @@ def test_codebook_larger_than_items_is_an_error() -> None:
         ({"balance_rounds": 0}, "balance_rounds must be >= 1"),
     ],
 )
-def test_index_config_validation(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+def test_rqkmeans_config_validation(kwargs, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=match):
-        IndexConfig(**kwargs)
+        RQKMeansConfig(**kwargs)
+
+
+def test_index_config_holds_the_kmeans_settings() -> None:
+    cfg = IndexConfig(RQKMeansConfig(codebook_sizes=(8, 4, 2), seed=3))
+    assert cfg.codebook_sizes == (8, 4, 2) and cfg.to_dict()["codebook_sizes"] == [8, 4, 2]
+    assert cfg.to_dict()["seed"] == 3 and IndexConfig().rq == RQKMeansConfig()
+    not_a_config: Any = {"seed": 1}
+    with pytest.raises(TypeError, match="rq must be an RQKMeansConfig"):
+        IndexConfig(not_a_config)
 
 
 def test_nan_embeddings_and_mismatched_rows(tmp_path: Path) -> None:
     x = _mixture(30, 4, 2, seed=0)
     x[17, 2] = np.nan
     with pytest.raises(ValueError, match=r"embeddings hold NaN or inf at row 17 \(item_id 'i17'\)"):
-        build_index(_catalog(30), x, IndexConfig(codebook_sizes=(2, 2, 2)))
+        build_index(_catalog(30), x, IndexConfig(RQKMeansConfig(codebook_sizes=(2, 2, 2))))
     np.save(tmp_path / "e.npy", x)
     with pytest.raises(ValueError, match="NaN or inf at row 17"):
         read_embeddings(tmp_path / "e.npy", [f"i{i}" for i in range(30)])
     with pytest.raises(ValueError, match="embeddings rows must equal the catalog's 31 items, given 30"):
         read_embeddings(tmp_path / "e.npy", [f"i{i}" for i in range(31)])
     with pytest.raises(ValueError, match="embeddings rows must equal the catalog's 29 items, given 30"):
-        build_index(_catalog(29), x, IndexConfig(codebook_sizes=(2, 2, 2)))
+        build_index(_catalog(29), x, IndexConfig(RQKMeansConfig(codebook_sizes=(2, 2, 2))))
 
 
 def test_parquet_embeddings_are_reordered_by_item_id(tmp_path: Path) -> None:
