@@ -30,7 +30,7 @@ import marisa_trie
 import numpy as np
 
 from sid_index.atomic_files import publish_directory, sha256_file
-from sid_index.manifest import MANIFEST, read_manifest
+from sid_index.manifest import MANIFEST, read_format_manifest
 from sid_index.prefix_tables import PrefixTables
 from sid_index.tokens import NUM_LEVELS, sid_string
 
@@ -157,8 +157,8 @@ def _write_files(out: Path, parts: IndexParts, extra: dict[str, Any]) -> None:
 def read_index_dir(directory: str | os.PathLike[str], *, verify_checksums: bool = True) -> IndexParts:
     """The checked contents of an index directory (module docstring); :class:`IndexFormatError` names the file."""
     d = Path(directory)
-    manifest = read_manifest(d, kind="index", format_name=FORMAT_NAME, format_version=FORMAT_VERSION,
-                             error=IndexFormatError)
+    manifest = read_format_manifest(d, kind="index", format_name=FORMAT_NAME, format_version=FORMAT_VERSION,
+                                    error=IndexFormatError)
     try:
         sizes = check_codebook_sizes(manifest["codebook_sizes"])
     except (KeyError, TypeError, ValueError) as exc:

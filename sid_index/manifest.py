@@ -1,7 +1,7 @@
 """The ``manifest.json`` header that radgr's directory formats share (SID index, servable bundle).
 
-Contract: :func:`read_manifest` reads ``DIR/manifest.json`` and checks that it is a JSON object whose ``format``
-and ``format_version`` are the expected ones. Every failure raises the caller's error class (a ``ValueError``
+Contract: :func:`read_format_manifest` reads ``DIR/manifest.json`` and checks that it is a JSON object whose
+``format`` and ``format_version`` are the expected ones. Every failure raises the caller's error class (a ``ValueError``
 subclass) with a message naming the directory or file and, for a wrong field, the expected and the given value.
 The rest of a manifest (file lists, checksums, summaries) belongs to each format's own module.
 """
@@ -16,8 +16,8 @@ from typing import Any
 MANIFEST = "manifest.json"
 
 
-def read_manifest(directory: str | os.PathLike[str], *, kind: str, format_name: str, format_version: int,
-                  error: type[ValueError]) -> dict[str, Any]:
+def read_format_manifest(directory: str | os.PathLike[str], *, kind: str, format_name: str,
+                         format_version: int, error: type[ValueError]) -> dict[str, Any]:
     """``directory``'s manifest as a dict, after the format checks; ``kind`` ("index", "bundle") starts messages."""
     d = Path(directory)
     if not d.is_dir():
