@@ -85,7 +85,8 @@ def worker(method: str, sft: Path, samples: Path, steps: int, batch_size: int) -
     import torch
 
     from training.align import AlignConfig, run_align
-    from training.train_common import TRAIN_LOG_FILE, TrainConfig
+    from training.train_config import TrainConfig
+    from training.trainer import TRAIN_LOG_FILE
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory() as tmp:

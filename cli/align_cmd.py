@@ -53,7 +53,8 @@ def align_command(
     from training.losses import RadDpoConfig
     from training.model import read_train_info
     from training.rdrw import RdrwConfig
-    from training.train_common import LOSS_PLOT_FILE, TRAIN_LOG_FILE, TrainConfig
+    from training.train_config import TrainConfig
+    from training.trainer import LOSS_PLOT_FILE, TRAIN_LOG_FILE
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

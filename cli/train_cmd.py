@@ -60,7 +60,8 @@ def sft_command(
 ) -> int:
     """Supervised next-SID training on every (prompt, positive) pair."""
     from training.sft import SftConfig, run_sft
-    from training.train_common import LOSS_PLOT_FILE, TRAIN_LOG_FILE, TrainConfig
+    from training.train_config import TrainConfig
+    from training.trainer import LOSS_PLOT_FILE, TRAIN_LOG_FILE
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -16,7 +16,7 @@ from decoding.prompt import PROMPT_VERSION
 from training.align import AlignConfig, run_align
 from training.losses import RadDpoConfig
 from training.rdrw import RdrwConfig
-from training.train_common import TrainConfig
+from training.train_config import TrainConfig
 
 SIZES = (4, 4, 4)
 

@@ -9,7 +9,7 @@ Contract
 - Data: ``samples/train.parquet`` (``training.data.samples.read_samples``). Sessions with at least one positive and
   one negative are used; prompts are encoded with ``decoding.prompt.encode_prompt`` by the SFT run's tokenizer;
   candidates are ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS).
-- One **unit** of the loss (the engine's accumulation-exact average, ``training.train_common``) is a *pair* for the
+- One **unit** of the loss (the engine's accumulation-exact average, ``training.trainer``) is a *pair* for the
   baselines and a *session* for RAD-DPO. ``--batch-size`` counts sessions for every method; a baseline's batch is
   those sessions' pairwise decomposition (``pairwise_pairs``: every (y⁺, y⁻), each side encoded separately as
   its own row, as the paper's baselines do), so all methods see the same sessions per step.
@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from decoding.sid_vocab import SidVocab
+from training.batching import LABEL_KEY, UNITS_KEY
 from training.losses import (
     DpoConfig,
     OrpoConfig,
@@ -52,7 +53,8 @@ from training.losses import (
 )
 from training.packing import BLOCK_LEN, PackedBatch, pack_rows, pack_sessions, packed_forward
 from training.rdrw import RdrwConfig, RdrwState, pair_similarity
-from training.train_common import LABEL_KEY, UNITS_KEY, RadgrTrainer, TrainConfig, last_checkpoint, run_callbacks
+from training.train_config import TrainConfig, training_arguments
+from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +348,6 @@ def run_align(cfg: AlignConfig) -> Path:
 
     from training.data.sample_format import read_samples
     from training.model import load_model, num_parameters, read_train_info, save_model_dir
-    from training.train_common import training_arguments
 
     t0 = time.time()
     sft_info = read_train_info(cfg.sft_dir)

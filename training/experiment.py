@@ -40,7 +40,8 @@ from training.align import AlignConfig, default_align_train_config, run_align
 from training.evaluate import EvalConfig
 from training.losses import RadDpoConfig
 from training.rdrw import RdrwConfig
-from training.train_common import TRAIN_LOG_FILE, TrainConfig
+from training.train_config import TrainConfig
+from training.trainer import TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 

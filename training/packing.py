@@ -1,4 +1,7 @@
-"""Label packing: one forward pass per session scores the prompt against every candidate (method.md §3 [P]).
+"""Label packing: one forward pass per session scores the prompt against every candidate.
+
+Packing is the paper's ([P]); how the first SID token is read is our reconstruction ([R]); the tags are those of
+docs/alignment.md, "What is the paper's, what is reconstructed".
 
 Contract
 --------
@@ -23,10 +26,11 @@ so every row has the same columns: the last prompt token at ``Pmax - 1`` and can
 :class:`CandidateScores`: per-token log-probs ``[B, Cmax, 4]`` (log-softmax over the full vocabulary), EOS hidden
 states ``[B, Cmax, H]`` and the validity mask ``[B, Cmax]`` (False for dummy candidates; their values are 0).
 
-``pack_rows`` (then ``packed_forward``; together ``sequence_forward``) is the unpacked path of the pairwise
-baselines (each (prompt, candidate) pair its own row, left-padded, ordinary causal attention, ``logits_to_keep = 4``)
-and ``reference_scores`` the slow obviously-correct reference (one pair at a time, no padding, no custom mask);
-tests check all three agree to float tolerance.
+``pack_rows`` (then ``packed_forward``) is the unpacked path of the pairwise baselines (each (prompt, candidate)
+pair its own row, left-padded by ``training.batching.pad_left``, ordinary causal attention, ``logits_to_keep = 4``);
+``sequence_forward`` is the two in one call, the unpacked reference the packed layout is tested against.
+``reference_scores`` is the slow obviously-correct reference (one pair at a time, no padding, no custom mask);
+``tests/test_packing.py`` checks all three agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ from typing import Any
 
 import torch
 
-CANDIDATE_LEN = 4  # 3 SID tokens + EOS
+from sid_index.tokens import NUM_LEVELS
+from training.batching import pad_left
+from training.logprobs import at_least_fp32, target_log_probs
+
+CANDIDATE_LEN = NUM_LEVELS + 1  # 3 SID tokens + EOS
 BLOCK_LEN = CANDIDATE_LEN - 1  # tokens of a candidate that enter the sequence (EOS is only predicted)
 
 
@@ -125,11 +133,6 @@ def pack_sessions(
     return PackedBatch(input_ids, mask, position_ids, predict_pos, target_ids, eos_pos, valid)
 
 
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """Log-softmax in float32 for half-precision models, in the model's precision otherwise."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
     """One forward pass over packed sessions (or ``pack_rows`` rows); gradients flow unless disabled."""
     keep = BLOCK_LEN * batch.valid.shape[1] + 1
@@ -138,7 +141,7 @@ def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
     first_kept = batch.input_ids.shape[1] - keep
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     logits = out.logits[rows[:, None, None], batch.predict_pos - first_kept]  # [B, C, 4, V]
-    logps = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, batch.target_ids[..., None]).squeeze(-1)
+    logps = target_log_probs(logits, batch.target_ids)  # [B, C, 4]; float32 for half-precision models
     hidden = out.hidden_states[-1][rows[:, None], batch.eos_pos]  # [B, C, H]
     valid = batch.valid
     return CandidateScores(logps * valid[..., None], hidden * valid[..., None].to(hidden.dtype), valid)
@@ -155,26 +158,24 @@ def pack_rows(prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[in
     for i, (p, c) in enumerate(zip(prompts, candidates, strict=True)):
         _check_session(i, p, [c])
     rows = len(prompts)
-    width = max(len(p) for p in prompts) + BLOCK_LEN
-    input_ids = torch.full((rows, width), int(pad_id), dtype=torch.long)
-    attn = torch.zeros((rows, width), dtype=torch.long)
-    position_ids = torch.zeros((rows, width), dtype=torch.long)
-    for i, (prompt, cand) in enumerate(zip(prompts, candidates, strict=True)):
-        n = len(prompt) + BLOCK_LEN
-        input_ids[i, width - n:] = torch.as_tensor([*prompt, *cand[:BLOCK_LEN]], dtype=torch.long)
-        attn[i, width - n:] = 1
-        position_ids[i, width - n:] = torch.arange(n)
+    padded = pad_left([[*p, *c[:BLOCK_LEN]] for p, c in zip(prompts, candidates, strict=True)], pad_id)
+    width = padded["input_ids"].shape[1]
     target_ids = torch.as_tensor([list(c) for c in candidates], dtype=torch.long)[:, None, :]
     predict_pos = torch.arange(width - CANDIDATE_LEN, width)[None, None].expand(rows, 1, CANDIDATE_LEN).clone()
     eos_pos = torch.full((rows, 1), width - 1)
     valid = torch.ones((rows, 1), dtype=torch.bool)
-    return PackedBatch(input_ids, attn, position_ids, predict_pos, target_ids, eos_pos, valid)
+    return PackedBatch(padded["input_ids"], padded["attention_mask"], padded["position_ids"], predict_pos, target_ids,
+                       eos_pos, valid)
 
 
 def sequence_forward(
     model: Any, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad_id: int,
 ) -> CandidateScores:
-    """Score each (prompt, candidate) row on its own (``pack_rows`` then ``packed_forward``): ``[R, 1, 4]``."""
+    """Score each (prompt, candidate) row on its own (``pack_rows`` then ``packed_forward``): ``[R, 1, 4]``.
+
+    The unpacked reference of ``tests/test_packing.py`` (packed vs unpacked log-probs and gradients); not used in
+    production, where the pair collator calls ``pack_rows`` and the trainer ``packed_forward``.
+    """
     return packed_forward(model, pack_rows(prompts, candidates, pad_id))
 
 
@@ -192,7 +193,7 @@ def reference_scores(
         ids = torch.as_tensor([[*prompt, *cand[:BLOCK_LEN]]], dtype=torch.long)
         out = model(input_ids=ids, output_hidden_states=False, use_cache=False)
         body = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-        logp_all = torch.log_softmax(_at_least_fp32(out.logits[0]), dim=-1)  # [P + 3, V]
+        logp_all = torch.log_softmax(at_least_fp32(out.logits[0]), dim=-1)  # [P + 3, V]
         plen = len(prompt)
         steps = [logp_all[plen - 1 + t, int(cand[t])] for t in range(CANDIDATE_LEN)]
         logps.append(torch.stack(steps))

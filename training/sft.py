@@ -7,9 +7,9 @@ Contract:
   the positive's 3 SID tokens; targets = ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS), predicted from
   the last prompt position and the 3 SID positions. The loss is the mean over pairs of the mean token NLL of the
   4 targets (log-softmax over the full vocabulary); prompt tokens carry no loss.
-- Batches are left-padded (:func:`training.train_common.pad_left`), so the 4 predicting positions are the last 4
+- Batches are left-padded (:func:`training.batching.pad_left`), so the 4 predicting positions are the last 4
   columns of every row and the model computes logits for those only (``logits_to_keep=4``).
-- ``run_sft(cfg)`` trains with :class:`training.train_common.RadgrTrainer` and writes ``RUN_DIR/final/``
+- ``run_sft(cfg)`` trains with :class:`training.trainer.RadgrTrainer` and writes ``RUN_DIR/final/``
   (model dir + tokenizer + generation_config + ``radgr_train.json`` with method "sft"), ``RUN_DIR/train_log.json``,
   ``RUN_DIR/loss.png`` and checkpoints under ``RUN_DIR/checkpoints``.
 - Without ``--model``, the tokenizer is built by ``training.tokenizer.build_tokenizer`` from the catalog's titles
@@ -28,27 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from decoding.sid_vocab import SidVocab
 from sid_index.atomic_files import publish_directory
 from sid_index.tokens import NUM_LEVELS
-from training.train_common import (
-    LABEL_KEY,
-    UNITS_KEY,
-    RadgrTrainer,
-    TrainConfig,
-    last_checkpoint,
-    pad_left,
-    run_callbacks,
-    target_log_probs,
-    training_arguments,
-)
+from training.batching import LABEL_KEY, UNITS_KEY, ListDataset, pad_left
+from training.logprobs import target_log_probs
+from training.packing import CANDIDATE_LEN
+from training.train_config import TrainConfig, training_arguments
+from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
 
 logger = logging.getLogger(__name__)
-
-CANDIDATE_LEN = NUM_LEVELS + 1  # 3 SID tokens + EOS
 
 # Tuned for the tiny preset on the demo data (docs/training.md): one epoch learns the query -> SID mapping well.
 SFT_TRAIN_DEFAULTS = TrainConfig(epochs=1.0, lr=3e-3, batch_size=64, save_steps=200, logging_steps=10)
@@ -117,19 +108,6 @@ def encode_sft_examples(pairs: SftPairs, tokenizer: Any, vocab: SidVocab, max_le
     return out
 
 
-class ListDataset(Dataset):
-    """A map-style dataset over a list of example dicts."""
-
-    def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.rows = list(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
-
-
 @dataclass(frozen=True)
 class SftCollator:
     """Left-pads examples; every batch holds input_ids, attention_mask, position_ids, target_ids [B, 4], num_units."""
@@ -144,7 +122,12 @@ class SftCollator:
 
 
 def candidate_log_probs(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """[B, 4] log-probs of each row's 3 SID tokens and EOS (the last 4 positions of a left-padded batch)."""
+    """[B, 4] log-probs of each row's 3 SID tokens and EOS (the last 4 positions of a left-padded batch).
+
+    The plain, Trainer-free computation of what :class:`SftTrainer` optimises: the reference of
+    ``tests/test_sft_train_common.py`` (the hand-written SGD step that accumulation must equal, and padded vs
+    unpadded rows); not used in production.
+    """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=CANDIDATE_LEN, use_cache=False)
     return target_log_probs(out.logits, batch[LABEL_KEY])
