@@ -49,7 +49,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleConfig:
-    num_negatives: int = 3  # N [S]
+    """Knobs of :func:`build_samples` (see the module docstring); validated on construction."""
+
+    num_negatives: int = 3  # N, from a secondary source ([S] in docs/alignment.md)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     split: str = "day"  # "day" or "file"
     seed: int = 0
@@ -66,6 +68,14 @@ class SampleConfig:
 
 
 # ------------------------------------------------------------------------------------------ one session
+def _row(index: SidIndex, item: str) -> int:
+    """Catalog row of an item that must be in the index (``KeyError`` naming it otherwise)."""
+    row = index.item_row(item)
+    if row is None:
+        raise KeyError(f"item_id {item!r} is not in the index")
+    return row
+
+
 def positives_of(session: Session, index: SidIndex) -> tuple[list[str], int]:
     """(positives known to the index, index of the top-tier positive); ``([], -1)`` when there is none."""
     pos = list(dict.fromkeys([*session.clicked, *session.ordered]))
@@ -92,7 +102,7 @@ def choose_negatives(
 
     ``make_rng()`` is called (once) only when the exposure runs short and random items are needed."""
     pos_set = set(positives)
-    pos_sids = {int(index.item_sid_row[index.item_row(p)]) for p in positives}  # type: ignore[index]
+    pos_sids = {int(index.item_sid_row[_row(index, p)]) for p in positives}
     chosen: list[str] = []
     seen: set[str] = set()
     neg_sids: set[int] = set()
@@ -132,10 +142,7 @@ def choose_negatives(
 
 
 def _codes(index: SidIndex, item: str) -> tuple[int, int, int]:
-    row = index.item_row(item)
-    if row is None:
-        raise KeyError(f"item_id {item!r} is not in the index")
-    c = index.sid_codes[int(index.item_sid_row[row])]
+    c = index.sid_codes[int(index.item_sid_row[_row(index, item)])]
     return int(c[0]), int(c[1]), int(c[2])
 
 
@@ -235,7 +242,7 @@ def fit_categorizer_from_sessions(
                 continue
             pos, top = positives_of(s, index)
             if pos:
-                category = index.item_category[index.item_row(pos[top])]  # type: ignore[index]
+                category = index.item_category[_row(index, pos[top])]
                 if category:
                     pairs.append((query, category))
         cat.update(pairs)

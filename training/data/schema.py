@@ -17,9 +17,9 @@ Contract (one row per session; see docs/architecture.md "Sessions"):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,14 +71,13 @@ class Session:
         return self.relevant is not None
 
 
-def _check_items(items: object, where: str, name: str) -> tuple[str, ...]:
+def _check_items(items: Iterable[object] | None, where: str, name: str) -> None:
+    """Raise ``ValueError`` naming ``where`` and the field unless ``items`` is a list of non-empty item ids."""
     if items is None:
         raise ValueError(f"{where} field {name!r}: must be a list, given null")
-    out = tuple(items)  # type: ignore[call-overload]
-    for k, item in enumerate(out):
+    for k, item in enumerate(items):
         if not isinstance(item, str) or not item:
             raise ValueError(f"{where} field {name!r}: element {k} must be a non-empty item id, given {item!r}")
-    return out
 
 
 def validate_session(s: Session, where: str, check_elements: bool = True) -> None:
@@ -127,12 +126,12 @@ def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
     if got == want:
         return True
     if pa.types.is_integer(want):
-        return pa.types.is_integer(got)
+        return bool(pa.types.is_integer(got))
     if pa.types.is_string(want):
-        return pa.types.is_string(got) or pa.types.is_large_string(got)
+        return bool(pa.types.is_string(got) or pa.types.is_large_string(got))
     if pa.types.is_list(want):
-        return pa.types.is_list(got) or pa.types.is_large_list(got)
-    return pa.types.is_map(want) and pa.types.is_map(got)
+        return bool(pa.types.is_list(got) or pa.types.is_large_list(got))
+    return bool(pa.types.is_map(want) and pa.types.is_map(got))
 
 
 def _check_columns(schema: pa.Schema, where: str) -> bool:
@@ -223,12 +222,12 @@ def sessions_to_batch(sessions: Sequence[Session], with_truth: bool) -> pa.Recor
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def sessions_have_truth(path: str | Path) -> bool:
+def sessions_have_truth(path: str | os.PathLike[str]) -> bool:
     """Whether a sessions file carries the simulator's truth columns (checks the schema only)."""
     return _check_columns(pq.read_schema(path), str(path))
 
 
-def iter_session_batches(path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[Session]]:
+def iter_session_batches(path: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[Session]]:
     """Stream validated sessions from a Parquet file, ``batch_size`` rows at a time."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, given {batch_size}")
@@ -242,22 +241,22 @@ def iter_session_batches(path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE)
         yield sessions
 
 
-def read_sessions(path: str | Path) -> list[Session]:
+def read_sessions(path: str | os.PathLike[str]) -> list[Session]:
     """All sessions of a file (small files and tests; large files: :func:`iter_session_batches`)."""
     return [s for batch in iter_session_batches(path) for s in batch]
 
 
-def read_days(path: str | Path) -> list[int]:
+def read_days(path: str | os.PathLike[str]) -> list[int]:
     """The ``day`` column alone (one column is read; for large files prefer :func:`last_day`)."""
     return [int(d) for d in pq.read_table(path, columns=["day"]).column("day").to_pylist()]
 
 
-def count_sessions(path: str | Path) -> int:
+def count_sessions(path: str | os.PathLike[str]) -> int:
     """Rows in a sessions file, from the Parquet footer (nothing else is read)."""
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
-def last_day(path: str | Path, batch_size: int = 1 << 20) -> int | None:
+def last_day(path: str | os.PathLike[str], batch_size: int = 1 << 20) -> int | None:
     """The largest ``day`` (streamed over the one column); ``None`` for an empty file."""
     best: int | None = None
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["day"]):
@@ -271,7 +270,7 @@ def last_day(path: str | Path, batch_size: int = 1 << 20) -> int | None:
 class SessionWriter(AtomicParquetWriter):
     """Append sessions batch by batch; the file appears at ``path`` only when the writer closes without error."""
 
-    def __init__(self, path: str | Path, with_truth: bool) -> None:
+    def __init__(self, path: str | os.PathLike[str], with_truth: bool) -> None:
         super().__init__(path, SESSION_TRUTH_SCHEMA if with_truth else SESSION_SCHEMA)
         self.with_truth = with_truth
 
@@ -281,7 +280,7 @@ class SessionWriter(AtomicParquetWriter):
             self.write_batch(sessions_to_batch(sessions, self.with_truth))
 
 
-def write_sessions(sessions: Sequence[Session], path: str | Path, with_truth: bool | None = None) -> None:
+def write_sessions(sessions: Sequence[Session], path: str | os.PathLike[str], with_truth: bool | None = None) -> None:
     """Write a list of sessions at once (atomic). ``with_truth`` defaults to whether the first session has it."""
     truth = bool(sessions and sessions[0].has_truth) if with_truth is None else with_truth
     with SessionWriter(path, truth) as w:

@@ -193,7 +193,8 @@ class _Simulation:
         """Multiplicative preference of a user for items: preferred brand ×1.3, matching price level ×1.15."""
         w = self.world
         brand = np.isin(w.item_brand[rows], np.fromiter(user.brands, dtype=np.int64, count=len(user.brands)))
-        return np.where(brand, 1.3, 1.0) * np.where(w.item_price_level[rows] == user.price_level, 1.15, 1.0)
+        aff: np.ndarray = np.where(brand, 1.3, 1.0) * np.where(w.item_price_level[rows] == user.price_level, 1.15, 1.0)
+        return aff
 
     def _user_pool(self, u: int, group: int, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(affinity of the user for the pool's items, cumulative target weights), cached per (user, group)."""

@@ -114,7 +114,10 @@ def generate_world(cfg: SimConfig) -> World:
     item_type = rng.choice(n_types, size=cfg.items, p=type_weight)
     item_type[:n_types] = np.arange(n_types)[: min(n_types, cfg.items)]  # every type has an item if possible
     type_base_price = np.exp(rng.normal(3.0, 0.8, size=n_types))
-    titles, brand_of, attrs_of, cat_of = [], [], [], []
+    titles: list[str] = []
+    brand_of: list[int] = []
+    attrs_of: list[tuple[str, ...]] = []
+    cat_of: list[str] = []
     prices = np.empty(cfg.items)
     brand_zipf = 1.0 / np.arange(1, 7) ** 0.8
     brand_zipf /= brand_zipf.sum()
