@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,16 +241,6 @@ def write_bundle(out_dir: str | os.PathLike[str], model_dir: str | os.PathLike[s
 
 
 # -- verify / load ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Checked:
-    manifest: dict[str, Any]
-    tokenizer: Any
-    index: SidIndex
-    categorizer: QueryCategorizer
-    vocab: SidVocab
-    prompt_config: PromptConfig
-
-
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The bundle's manifest after the format checks and the check that every top-level field is there."""
     manifest = read_format_manifest(bundle_dir, kind="bundle", format_name=FORMAT_NAME,
@@ -279,7 +269,8 @@ def _check_files(d: Path, manifest: Mapping[str, Any]) -> None:
             raise BundleError(f"bundle file {rel!r} fails its sha256 checksum (changed or corrupt)")
 
 
-def _check(bundle_dir: str | os.PathLike[str]) -> _Checked:
+def _check(bundle_dir: str | os.PathLike[str]) -> Bundle:
+    """Every check of :func:`verify_bundle`; the checked bundle without its model."""
     d = Path(bundle_dir)
     manifest = read_manifest(d)
     _check_files(d, manifest)
@@ -321,7 +312,7 @@ def _check(bundle_dir: str | os.PathLike[str]) -> _Checked:
         categorizer = QueryCategorizer.load(d / CATEGORIZER)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"bundle file {CATEGORIZER!r} does not load: {exc}") from exc
-    return _Checked(manifest, tokenizer, index, categorizer, vocab, prompt_cfg)
+    return Bundle(d, manifest, tokenizer, index, categorizer, vocab, prompt_cfg)
 
 
 def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -341,5 +332,4 @@ def load_bundle(bundle_dir: str | os.PathLike[str], *, with_model: bool = True) 
         if out_size != checked.vocab.vocab_size:
             raise BundleError(f"model output vocabulary {out_size} disagrees with the manifest's "
                               f"{checked.vocab.vocab_size}")
-    return Bundle(Path(bundle_dir), checked.manifest, checked.tokenizer, checked.index, checked.categorizer,
-                  checked.vocab, checked.prompt_config, model)
+    return replace(checked, model=model)
