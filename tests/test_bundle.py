@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def bundle_copy(good_bundle: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(good_bundle, tmp_path / "copy"))
 
 
-def _rewrite_manifest(bundle: Path, edit) -> None:  # type: ignore[no-untyped-def]
+def _rewrite_manifest(bundle: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
     edit(manifest)
     (bundle / MANIFEST).write_text(json.dumps(manifest))

@@ -106,7 +106,8 @@ def _children_reference(sids: set[tuple[int, int, int]], prefix: tuple[int, ...]
     st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
     st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=80),
 )
-def test_prefix_tables_describe_exactly_the_sid_set(sizes, raw) -> None:  # type: ignore[no-untyped-def]
+def test_prefix_tables_describe_exactly_the_sid_set(sizes: tuple[int, int, int],
+                                                     raw: list[tuple[int, int, int]]) -> None:
     codes = np.array([(a % sizes[0], b % sizes[1], c % sizes[2]) for a, b, c in raw], dtype=np.int64)
     n = codes.shape[0]
     ix = SidIndex.from_codes([f"x{i}" for i in range(n)], codes, np.ones(n), None, sizes)
@@ -169,7 +170,7 @@ def test_codebook_larger_than_items_is_an_error() -> None:
         ({"balance_rounds": 0}, "balance_rounds must be >= 1"),
     ],
 )
-def test_rqkmeans_config_validation(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+def test_rqkmeans_config_validation(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         RQKMeansConfig(**kwargs)
 

@@ -27,7 +27,7 @@ def _write_catalog(path: Path, n: int) -> Catalog:
     return cat
 
 
-def test_build_with_precomputed_embeddings(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_build_with_precomputed_embeddings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cat = _write_catalog(tmp_path / "catalog.csv", 300)
     rng = np.random.default_rng(0)
     np.save(tmp_path / "emb.npy", rng.normal(size=(300, 16)).astype(np.float32))
@@ -45,7 +45,7 @@ def test_build_with_precomputed_embeddings(tmp_path: Path, capsys) -> None:  # t
     assert sorted(ix.item_ids) == sorted(cat.item_ids)
 
 
-def test_build_reports_bad_input_naming_the_field(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_build_reports_bad_input_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "dup.jsonl").write_text('{"item_id": "a", "title": "x"}\n{"item_id": "a", "title": "y"}\n')
     rc = main(["index", "build", "--catalog", str(tmp_path / "dup.jsonl"), "--out", str(tmp_path / "ix")])
     assert rc == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ def test_lookups_and_unknowns() -> None:
     st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)), min_size=1, max_size=60),
     st.data(),
 )
-def test_every_item_reachable_and_groups_sorted(s0: int, s1: int, s2: int, raw, data) -> None:  # type: ignore[no-untyped-def]
+def test_every_item_reachable_and_groups_sorted(s0: int, s1: int, s2: int, raw: list[tuple[int, int, int]],
+                                                data: st.DataObject) -> None:
     codes = np.array([(a % s0, b % s1, c % s2) for a, b, c in raw], dtype=np.int64)
     n = codes.shape[0]
     pop = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.5]), min_size=n, max_size=n)))
@@ -142,8 +144,8 @@ def test_load_rejects_wrong_format_version(tmp_path: Path) -> None:
         ({"codebook_sizes": (4, 0, 4)}, r"codebook_sizes\[1\] must be >= 1"),
     ],
 )
-def test_from_codes_rejects_bad_input(kwargs, match) -> None:  # type: ignore[no-untyped-def]
-    args = {"item_ids": ["a", "b"], "codes": np.array([[0, 0, 0], [1, 1, 1]]), "popularity": np.ones(2),
+def test_from_codes_rejects_bad_input(kwargs: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = {"item_ids": ["a", "b"], "codes": np.array([[0, 0, 0], [1, 1, 1]]), "popularity": np.ones(2),
             "categories": None, "codebook_sizes": (4, 4, 4)}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
@@ -156,7 +158,7 @@ def test_failed_save_leaves_the_old_index_intact(tmp_path: Path, monkeypatch: py
     new = SidIndex.from_codes(["z"], np.array([[1, 1, 1]]), np.ones(1), None, (4, 4, 4))
     import sid_index.index_files as index_files
 
-    def boom(path):  # type: ignore[no-untyped-def]
+    def boom(path: object) -> str:
         raise OSError("disk full")
 
     # fails after every data file is written, before the manifest and the rename
