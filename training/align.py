@@ -11,8 +11,8 @@ Contract
   candidates are ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS).
 - One **unit** of the loss (the engine's accumulation-exact average, ``training.trainer``) is a *pair* for the
   baselines and a *session* for RAD-DPO. ``--batch-size`` counts sessions for every method; a baseline's batch is
-  those sessions' pairwise decomposition (``pairwise_pairs``: every (y⁺, y⁻), each side encoded separately as
-  its own row, as the paper's baselines do), so all methods see the same sessions per step.
+  those sessions' pairwise decomposition (``training.align_collators.PairCollator``: every (y⁺, y⁻), each side
+  encoded separately as its own row, as the paper's baselines do), so all methods see the same sessions per step.
 - DPO loads a second, frozen copy of the SFT checkpoint as the reference (no gradient, eval mode). SimPO, ORPO and
   RAD-DPO are reference-free.
 - RAD-DPO packs each session into one row (``training.packing``), computes MLGC (+ TLGD, + RDRW unless switched
@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from decoding.sid_vocab import SidVocab
-from training.batching import LABEL_KEY, UNITS_KEY
+from training.align_collators import PackedSessionCollator, PairCollator, packed_batch_of
 from training.losses import (
     DpoConfig,
     OrpoConfig,
@@ -48,10 +48,9 @@ from training.losses import (
     orpo_loss,
     rad_dpo_loss,
     sequence_logps,
-    shared_prefix_len,
     simpo_loss,
 )
-from training.packing import BLOCK_LEN, PackedBatch, pack_rows, pack_sessions, packed_forward
+from training.packing import BLOCK_LEN, packed_forward
 from training.rdrw import RdrwConfig, RdrwState, pair_similarity
 from training.train_config import TrainConfig, training_arguments
 from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
@@ -59,7 +58,6 @@ from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
 logger = logging.getLogger(__name__)
 
 METHODS = ("dpo", "simpo", "orpo", "rad-dpo")
-_PACKED_KEYS = ("input_ids", "attention_mask", "position_ids", "predict_pos", LABEL_KEY, "eos_pos", "valid")
 
 
 def default_align_train_config() -> TrainConfig:
@@ -154,89 +152,6 @@ class SessionDataset(Dataset):
         return self.rows[i]
 
 
-def _pad2(rows: list[list[Any]], fill: Any, dtype: torch.dtype) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows], dtype=dtype)
-
-
-def _packed_dict(batch: PackedBatch) -> dict[str, torch.Tensor]:
-    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
-            "predict_pos": batch.predict_pos, LABEL_KEY: batch.target_ids, "eos_pos": batch.eos_pos,
-            "valid": batch.valid}
-
-
-def _packed_from(inputs: dict[str, Any], prefix: str = "") -> PackedBatch:
-    return PackedBatch(*(inputs[prefix + k] for k in _PACKED_KEYS))
-
-
-@dataclass(frozen=True)
-class PackedSessionCollator:
-    """RAD-DPO batches: one packed row per session (positives then negatives) plus index tensors.
-
-    Keys: the packed tensors, ``pos_idx``/``pos_valid`` ``[B, Pmax]`` and ``neg_idx``/``neg_valid`` ``[B, Nmax]``
-    (candidate slots), ``top_index [B]``, ``prefix_len [B, Nmax]``, ``neg_relevant [B, Nmax]`` (1/0, −1 unknown),
-    ``num_units = B``.
-    """
-
-    pad_id: int
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        packed = pack_sessions([f["input_ids"] for f in features], [f["pos"] + f["neg"] for f in features],
-                               self.pad_id)
-        out: dict[str, Any] = _packed_dict(packed)
-        npos = [len(f["pos"]) for f in features]
-        nneg = [len(f["neg"]) for f in features]
-        out["pos_idx"] = _pad2([list(range(p)) for p in npos], 0, torch.long)
-        out["pos_valid"] = _pad2([[True] * p for p in npos], False, torch.bool)
-        out["neg_idx"] = _pad2([list(range(p, p + n)) for p, n in zip(npos, nneg, strict=True)], 0, torch.long)
-        out["neg_valid"] = _pad2([[True] * n for n in nneg], False, torch.bool)
-        out["top_index"] = torch.tensor([f["top_index"] for f in features], dtype=torch.long)
-        top = torch.tensor([f["pos_codes"][f["top_index"]] for f in features], dtype=torch.long)
-        neg_codes = _pad2([f["neg_codes"] for f in features], [-1, -1, -1], torch.long)
-        out["prefix_len"] = shared_prefix_len(top, neg_codes)
-        out["neg_relevant"] = _pad2([f["neg_relevant"] for f in features], -1, torch.long)
-        out[UNITS_KEY] = len(features)
-        return out
-
-
-@dataclass(frozen=True)
-class PairCollator:
-    """Baseline batches: the pairwise decomposition of the sessions, chosen rows then rejected rows, each row a
-    separately encoded (prompt, candidate). Keys ``c_*``/``r_*`` (two row batches), ``prefix_len [P]``,
-    ``neg_relevant [P]``, ``num_units = P`` pairs."""
-
-    pad_id: int
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        prompts, chosen, rejected, prefix, relevant = [], [], [], [], []
-        for f in features:
-            for i in range(len(f["pos"])):  # = training.data.samples.pairwise_pairs order: (i, j) row-major
-                for j in range(len(f["neg"])):
-                    prompts.append(f["input_ids"])
-                    chosen.append(f["pos"][i])
-                    rejected.append(f["neg"][j])
-                    prefix.append(_lcp(f["pos_codes"][i], f["neg_codes"][j]))
-                    relevant.append(f["neg_relevant"][j])
-        out: dict[str, Any] = {}
-        for key, batch in (("c_", pack_rows(prompts, chosen, self.pad_id)), ("r_", pack_rows(prompts, rejected,
-                                                                                                self.pad_id))):
-            out.update({key + k: v for k, v in _packed_dict(batch).items()})
-        out[LABEL_KEY] = out["c_" + LABEL_KEY]
-        out["prefix_len"] = torch.tensor(prefix, dtype=torch.long)
-        out["neg_relevant"] = torch.tensor(relevant, dtype=torch.long)
-        out[UNITS_KEY] = len(prompts)
-        return out
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=True):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 # ---------------------------------------------------------------------------------------------- trainers
 class AlignTrainer(RadgrTrainer):
     """One trainer for the four methods; the loss is a ``match`` on ``cfg.method``."""
@@ -284,15 +199,15 @@ class AlignTrainer(RadgrTrainer):
 
     def _pairwise(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         cfg = self.align_cfg
-        chosen = packed_forward(model, _packed_from(inputs, "c_")).token_logps[:, 0]  # [P, 4]
-        rejected = packed_forward(model, _packed_from(inputs, "r_")).token_logps[:, 0]
+        chosen = packed_forward(model, packed_batch_of(inputs, "c_")).token_logps[:, 0]  # [P, 4]
+        rejected = packed_forward(model, packed_batch_of(inputs, "r_")).token_logps[:, 0]
         self._log_prefix_share(inputs["prefix_len"], torch.ones_like(inputs["prefix_len"], dtype=torch.bool))
         match cfg.method:
             case "dpo":
                 assert self.ref_model is not None
                 with torch.no_grad():
-                    ref_c = packed_forward(self.ref_model, _packed_from(inputs, "c_")).token_logps[:, 0]
-                    ref_r = packed_forward(self.ref_model, _packed_from(inputs, "r_")).token_logps[:, 0]
+                    ref_c = packed_forward(self.ref_model, packed_batch_of(inputs, "c_")).token_logps[:, 0]
+                    ref_r = packed_forward(self.ref_model, packed_batch_of(inputs, "r_")).token_logps[:, 0]
                 out = dpo_loss(sequence_logps(chosen), sequence_logps(rejected), sequence_logps(ref_c),
                                sequence_logps(ref_r), cfg.dpo)
             case "simpo":
@@ -306,7 +221,7 @@ class AlignTrainer(RadgrTrainer):
 
     def _rad_dpo(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         cfg = self.align_cfg
-        scores = packed_forward(model, _packed_from(inputs))
+        scores = packed_forward(model, packed_batch_of(inputs))
         bsz = scores.token_logps.shape[0]
         rows = torch.arange(bsz, device=scores.token_logps.device)[:, None]
         pos_tok = scores.token_logps[rows, inputs["pos_idx"]]  # [B, P, 4]
