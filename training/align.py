@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
-from decoding.prompt import PROMPT_VERSION, encode_prompt
+from decoding.prompt import PROMPT_VERSION
 from decoding.sid_vocab import SidVocab
 from training.align_collators import PackedSessionCollator, PairCollator, packed_batch_of
+from training.batching import ListDataset
 from training.losses import (
     DpoConfig,
     OrpoConfig,
@@ -50,7 +50,8 @@ from training.losses import (
     sequence_logps,
     simpo_loss,
 )
-from training.packing import BLOCK_LEN, packed_forward
+from training.packing import packed_forward
+from training.prompt_ids import PromptIds, check_prompt_version
 from training.rdrw import RdrwConfig, RdrwState, pair_similarity
 from training.train_config import TrainConfig, training_arguments
 from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
@@ -106,27 +107,17 @@ def encode_sessions(samples: Any, tokenizer: Any, vocab: SidVocab, max_length: i
 
     ``input_ids`` holds the prompt ids (the key Trainer's length-grouped sampler reads).
     """
-    cache: dict[str, list[int]] = {}
+    prompt_ids = PromptIds(tokenizer, max_length)
     out: list[dict[str, Any]] = []
     for row, s in enumerate(samples):
-        if s.prompt_version != PROMPT_VERSION:
-            raise ValueError(f"sample {row} has prompt_version {s.prompt_version!r}, this radgr renders "
-                             f"{PROMPT_VERSION!r}: rebuild the samples")
+        check_prompt_version(s)
         if not s.positive_codes or not s.negative_codes:
             continue
         for codes in (*s.positive_codes, *s.negative_codes):
             for level, c in enumerate(codes):
                 if not 0 <= int(c) < vocab.sizes[level]:
                     raise ValueError(f"sample {row}: code {c} at level {level} is outside [0, {vocab.sizes[level]})")
-        ids = cache.get(s.prompt)
-        if ids is None:
-            ids = encode_prompt(tokenizer, s.prompt)
-            if not ids:
-                raise ValueError(f"sample {row}: prompt encodes to no tokens")
-            if len(ids) + BLOCK_LEN > max_length:
-                raise ValueError(f"sample {row}: prompt + SID is {len(ids) + BLOCK_LEN} tokens, above "
-                                 f"max_position_embeddings {max_length}")
-            cache[s.prompt] = ids
+        ids = prompt_ids(s.prompt, f"sample {row}")
         relevant = s.negative_relevant
         out.append({
             "input_ids": ids,
@@ -139,17 +130,6 @@ def encode_sessions(samples: Any, tokenizer: Any, vocab: SidVocab, max_length: i
                              (relevant if relevant is not None else [None] * len(s.negative_codes))],
         })
     return out
-
-
-class SessionDataset(Dataset):
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
 
 
 # ---------------------------------------------------------------------------------------------- trainers
@@ -290,7 +270,7 @@ def run_align(cfg: AlignConfig) -> Path:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("align %s: %d sessions, model %d parameters", cfg.variant, len(examples), num_parameters(model))
     trainer = AlignTrainer(model=model, args=training_arguments(cfg.train, cfg.out_dir),
-                           train_dataset=SessionDataset(examples), data_collator=collator,
+                           train_dataset=ListDataset(examples), data_collator=collator,
                            callbacks=run_callbacks(cfg.out_dir), align_cfg=cfg, ref_model=ref_model)
     resumed_from = last_checkpoint(cfg.out_dir) if cfg.resume else None
     result = trainer.train_with_resume(cfg.resume)

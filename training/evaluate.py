@@ -37,11 +37,18 @@ from decoding.items import expand_items
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
 from training.metrics import hallucination_rate, mean_metrics, session_metrics
+from training.prompt_ids import check_prompt_version
 
 logger = logging.getLogger(__name__)
 
 ITEM_KS = (10, 100, 500)
 SID_KS = (8, 64, 128)
+# the paper's table columns, used by every radgr table (eval and the paper table): (header, block, metric key);
+# block None = the hallucination rate, "item"/"sid" = the blocks of score_rankings' report
+TABLE_COLUMNS: tuple[tuple[str, str | None, str | None], ...] = (
+    ("halluc.", None, None), ("R@10", "item", "recall@10"), ("R@100", "item", "recall@100"),
+    ("R@500", "item", "recall@500"), ("MRR", "item", "mrr"), ("SID R@8", "sid", "recall@8"),
+    ("R@64", "sid", "recall@64"), ("R@128", "sid", "recall@128"), ("SID MRR", "sid", "mrr"))
 Progress = Callable[[int], None]
 
 
@@ -90,9 +97,7 @@ def targets_from_samples(samples: Sequence[Any], index: Any) -> list[SessionTarg
     """Targets of ``training.data.samples.Sample`` rows; positive SIDs come from ``positive_codes``."""
     out = []
     for s in samples:
-        if s.prompt_version != PROMPT_VERSION:
-            raise ValueError(f"sample {s.session_id} has prompt_version {s.prompt_version!r}, this radgr renders "
-                             f"{PROMPT_VERSION!r}: rebuild the samples")
+        check_prompt_version(s)
         pos_sids = set()
         for codes in s.positive_codes:
             row = index.sid_row_of_codes(codes)
@@ -227,14 +232,9 @@ def evaluate_popularity(index: Any, train_samples: Sequence[Any], targets: Seque
 
 # ---------------------------------------------------------------- report
 
-_COLUMNS = (("halluc.", None, None), ("R@10", "item", "recall@10"), ("R@100", "item", "recall@100"),
-            ("R@500", "item", "recall@500"), ("MRR", "item", "mrr"), ("SID R@8", "sid", "recall@8"),
-            ("R@64", "sid", "recall@64"), ("R@128", "sid", "recall@128"), ("SID MRR", "sid", "mrr"))
-
-
 def _row(name: str, block: dict[str, Any], halluc: float | None) -> str:
     cells = [name]
-    for _, kind, key in _COLUMNS:
+    for _, kind, key in TABLE_COLUMNS:
         if kind is None:
             cells.append("–" if halluc is None else f"{halluc:.4f}")
         else:
@@ -245,8 +245,8 @@ def _row(name: str, block: dict[str, Any], halluc: float | None) -> str:
 
 def markdown_table(entries: Sequence[dict[str, Any]]) -> str:
     """The paper's table layout: one row per method (and one per method against the true relevance)."""
-    head = "| method | " + " | ".join(c for c, _, _ in _COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(_COLUMNS) + 1)]
+    head = "| method | " + " | ".join(c for c, _, _ in TABLE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
     for e in entries:
         lines.append(_row(e["name"], e["metrics"], e.get("hallucination_rate")))
     for e in entries:
@@ -274,7 +274,7 @@ def _write_chart(entries: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [c for c in _COLUMNS if c[1] is not None]
+    cols = [c for c in TABLE_COLUMNS if c[1] is not None]
     x = np.arange(len(cols))
     width = 0.8 / max(len(entries), 1)
     fig, ax = plt.subplots(figsize=(9, 4), dpi=100)

@@ -37,7 +37,7 @@ import numpy as np
 
 from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
 from training.align import AlignConfig, default_align_train_config, run_align
-from training.evaluate import EvalConfig
+from training.evaluate import TABLE_COLUMNS, EvalConfig
 from training.losses import RadDpoConfig
 from training.rdrw import RdrwConfig
 from training.train_config import TrainConfig
@@ -58,11 +58,6 @@ VARIANTS: dict[str, tuple[str, RadDpoConfig] | None] = {
 }
 PAPER_NAMES = {"sft": "SFT", "dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "rad-dpo": "RAD-DPO",
                "rad-dpo-no-tlgd": "w/o TLGD", "rad-dpo-no-rdrw": "w/o RDRW", "rad-dpo-no-ml-sft": "w/o ML-SFT"}
-# the paper's columns: (header, block, key); block None = hallucination rate
-COLUMNS: tuple[tuple[str, str | None, str | None], ...] = (
-    ("halluc.", None, None), ("R@10", "item", "recall@10"), ("R@100", "item", "recall@100"),
-    ("R@500", "item", "recall@500"), ("MRR", "item", "mrr"), ("SID R@8", "sid", "recall@8"),
-    ("R@64", "sid", "recall@64"), ("R@128", "sid", "recall@128"), ("SID MRR", "sid", "mrr"))
 # the metrics the qualitative checks compare (the paper's headline columns)
 CHECK_METRICS = (("item", "recall@10"), ("item", "mrr"), ("sid", "recall@8"), ("sid", "mrr"))
 
@@ -165,7 +160,7 @@ def aggregate(runs: dict[str, list[dict[str, Any]]], truth: bool = False) -> dic
     out: dict[str, dict[str, list[float]]] = {}
     for variant, entries in runs.items():
         row: dict[str, list[float]] = {}
-        for header, block, key in COLUMNS:
+        for header, block, key in TABLE_COLUMNS:
             vals = [v for e in entries if (v := metric_of(e, block, key, truth)) is not None]
             if vals:
                 m, s, n = mean_std(vals)
@@ -175,7 +170,7 @@ def aggregate(runs: dict[str, list[dict[str, Any]]], truth: bool = False) -> dic
 
 
 def _header_of(block: str, key: str) -> str:
-    return next(h for h, b, k in COLUMNS if b == block and k == key)
+    return next(h for h, b, k in TABLE_COLUMNS if b == block and k == key)
 
 
 def shape_checks(agg: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
@@ -246,21 +241,21 @@ def _fmt(cell: list[float] | None) -> str:
 def markdown_report(doc: dict[str, Any]) -> str:
     """The whole markdown page: table(s), diagnostics, claims."""
     variants = [v for v in VARIANTS if v in doc["aggregate"]]
-    head = "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
-    sep = "|" + "---|" * (len(COLUMNS) + 1)
+    head = "| method | " + " | ".join(h for h, _, _ in TABLE_COLUMNS) + " |"
+    sep = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
     lines = [f"## Paper table — {doc['dataset']} data ({doc['preset']} config, {doc['seeds']} seed(s))", "",
              head, sep]
     for v in variants:
-        lines.append("| " + " | ".join([PAPER_NAMES[v], *(_fmt(doc["aggregate"][v].get(h)) for h, _, _ in COLUMNS)])
-                     + " |")
+        cells = [_fmt(doc["aggregate"][v].get(h)) for h, _, _ in TABLE_COLUMNS]
+        lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
     lines += ["", f"mean ± sample std over seeds; SFT is one checkpoint (n = 1). {doc['test_sessions']} test sessions, "
               f"beam {doc['eval']['beam_width']}, top-{doc['eval']['top_k']} items."]
     truth = doc.get("aggregate_truth", {})
     if any(truth.get(v) for v in variants):
         lines += ["", "### Against the simulator's true relevance", "", head, sep]
         for v in variants:
-            lines.append("| " + " | ".join([PAPER_NAMES[v], *(_fmt(truth[v].get(h)) if h in truth.get(v, {}) else "–"
-                                                               for h, _, _ in COLUMNS)]) + " |")
+            cells = [_fmt(truth[v].get(h)) if h in truth.get(v, {}) else "–" for h, _, _ in TABLE_COLUMNS]
+            lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
     diag = doc.get("diagnostics", {})
     if diag:
         keys = [("rdrw/mean_weight", "mean w"),

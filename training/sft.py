@@ -29,13 +29,14 @@ from typing import Any
 
 import torch
 
-from decoding.prompt import PROMPT_VERSION, encode_prompt
+from decoding.prompt import PROMPT_VERSION
 from decoding.sid_vocab import SidVocab
 from sid_index.atomic_files import publish_directory
 from sid_index.tokens import NUM_LEVELS
 from training.batching import LABEL_KEY, UNITS_KEY, ListDataset, pad_left
 from training.logprobs import target_log_probs
 from training.packing import CANDIDATE_LEN
+from training.prompt_ids import PromptIds, check_prompt_version
 from training.train_config import TrainConfig, training_arguments
 from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
 
@@ -62,9 +63,7 @@ def sft_pairs(samples: Sequence[Any]) -> SftPairs:
     prompts: list[str] = []
     codes: list[tuple[int, int, int]] = []
     for s in samples:
-        if s.prompt_version != PROMPT_VERSION:
-            raise ValueError(f"sample {s.session_id} has prompt_version {s.prompt_version!r}, this radgr renders "
-                             f"{PROMPT_VERSION!r}: rebuild the samples")
+        check_prompt_version(s)
         for c in s.positive_codes:
             prompts.append(s.prompt)
             codes.append((int(c[0]), int(c[1]), int(c[2])))
@@ -84,27 +83,18 @@ def read_sft_pairs(path: str | Path) -> SftPairs:
 def encode_sft_examples(pairs: SftPairs, tokenizer: Any, vocab: SidVocab, max_length: int) -> list[dict[str, Any]]:
     """Token ids of every pair: ``{"input_ids": prompt + 3 SID ids, "target_ids": 3 SID ids + EOS}``.
 
-    Each distinct prompt is tokenized once. Raises if a sequence exceeds ``max_length`` or a code is out of range.
+    Each distinct prompt is tokenized once (:class:`training.prompt_ids.PromptIds`). Raises if a sequence exceeds
+    ``max_length`` or a code is out of range.
     """
-    cache: dict[str, list[int]] = {}
+    prompt_ids = PromptIds(tokenizer, max_length)
     out: list[dict[str, Any]] = []
-    for prompt, codes in zip(pairs.prompts, pairs.codes, strict=True):
+    for k, (prompt, codes) in enumerate(zip(pairs.prompts, pairs.codes, strict=True)):
         for level, c in enumerate(codes):
             if not 0 <= c < vocab.sizes[level]:
                 raise ValueError(f"positive code {c} at level {level} is outside the codebook "
                                  f"[0, {vocab.sizes[level]})")
-        ids = cache.get(prompt)
-        if ids is None:
-            ids = encode_prompt(tokenizer, prompt)
-            if not ids:
-                raise ValueError(f"prompt encodes to no tokens: {prompt!r}")
-            cache[prompt] = ids
         target = list(vocab.candidate_ids(codes))
-        seq = ids + target[:NUM_LEVELS]
-        if len(seq) > max_length:
-            raise ValueError(f"prompt + SID is {len(seq)} tokens, above the model's max_position_embeddings "
-                             f"{max_length}; cap the history (max_history) when building samples")
-        out.append({"input_ids": seq, LABEL_KEY: target})
+        out.append({"input_ids": prompt_ids(prompt, f"pair {k}") + target[:NUM_LEVELS], LABEL_KEY: target})
     return out
 
 
