@@ -102,7 +102,8 @@ def paper_table_command(
     rdrw_window: int | None = typer.Option(None, "--rdrw-window", help="Override the preset's RDRW window M."),
 ) -> int:
     """SFT, DPO, SimPO, ORPO, RAD-DPO and the three ablations from one SFT checkpoint, over seeds."""
-    from training.experiment import PAPER_NAMES, ExperimentConfig, run_experiment
+    from training.experiment import ExperimentConfig, run_experiment
+    from training.experiment_report import PAPER_NAMES
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides: dict[str, object] = {}

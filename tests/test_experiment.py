@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.experiment import VARIANTS, aggregate, mean_std, shape_checks
+from training.experiment import VARIANTS
+from training.experiment_report import PAPER_NAMES, aggregate, mean_std, shape_checks
 
 
 def _entry(r10: float, mrr: float, halluc: float = 0.1) -> dict:  # type: ignore[type-arg]
@@ -42,10 +43,11 @@ def test_aggregate_and_claims_by_hand() -> None:
     assert "ORPO above SFT" not in checks  # ORPO not run: no claim
 
 
-def test_cli_default_rows_match_variants() -> None:
+def test_cli_default_rows_and_report_names_match_variants() -> None:
     from cli.align_cmd import ALL_ROWS
 
     assert ALL_ROWS.split(",") == list(VARIANTS)
+    assert list(PAPER_NAMES) == list(VARIANTS)  # the report's row order is the experiment's
 
 
 @pytest.fixture

@@ -1,0 +1,225 @@
+"""The paper's table from evaluation entries: aggregation over seeds, the paper's claims, markdown, JSON and PNG.
+
+Contract:
+- An *entry* is one ``training.evaluate.evaluate_engine`` report (``metrics``/``truth`` blocks, hallucination rate)
+  of one (variant, seed) run; ``aggregate`` gives variant → column header (``training.evaluate.TABLE_COLUMNS``) →
+  ``[mean, sample std, n]``, missing metrics skipped.
+- ``shape_checks`` checks the paper's qualitative ordering (docs/alignment.md, "The paper's ordering") on the
+  headline metrics (:data:`CHECK_METRICS`); ``diagnostics_from_log`` reads a run's ``train_log.json`` means.
+- ``write_table_files`` writes ``paper_table.json`` (the whole document), ``paper_table.md`` (tables, diagnostics,
+  claims) and ``paper_table.png`` (headline metrics with error bars), each atomically. Rows come in
+  :data:`PAPER_NAMES` order, which is ``training.experiment.VARIANTS``' order (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
+from training.evaluate import TABLE_COLUMNS
+from training.trainer import TRAIN_LOG_FILE
+
+# variant → the paper's name for its row, in the table's row order
+PAPER_NAMES = {"sft": "SFT", "dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "rad-dpo": "RAD-DPO",
+               "rad-dpo-no-tlgd": "w/o TLGD", "rad-dpo-no-rdrw": "w/o RDRW", "rad-dpo-no-ml-sft": "w/o ML-SFT"}
+# the metrics the qualitative checks compare (the paper's headline columns)
+CHECK_METRICS = (("item", "recall@10"), ("item", "mrr"), ("sid", "recall@8"), ("sid", "mrr"))
+
+
+# ------------------------------------------------------------------------------------------------ aggregation
+def metric_of(entry: dict[str, Any], block: str | None, key: str | None, truth: bool = False) -> float | None:
+    """One number of an evaluation entry (``evaluate_engine``'s report); block None = hallucination rate."""
+    if block is None or key is None:
+        rate = entry.get("hallucination_rate")
+        return None if rate is None or truth else float(rate)
+    source: dict[str, dict[str, float]] = entry.get("truth" if truth else "metrics", {})
+    v = source.get(block, {}).get(key)
+    return None if v is None else float(v)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (ddof 1; 0 for one value), n)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan, 0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size)
+
+
+def aggregate(runs: dict[str, list[dict[str, Any]]], truth: bool = False) -> dict[str, dict[str, list[float]]]:
+    """variant → column header → [mean, std, n] over that variant's runs (missing metrics skipped)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for variant, entries in runs.items():
+        row: dict[str, list[float]] = {}
+        for header, block, key in TABLE_COLUMNS:
+            vals = [v for e in entries if (v := metric_of(e, block, key, truth)) is not None]
+            if vals:
+                m, s, n = mean_std(vals)
+                row[header] = [m, s, n]
+        out[variant] = row
+    return out
+
+
+def _header_of(block: str, key: str) -> str:
+    return next(h for h, b, k in TABLE_COLUMNS if b == block and k == key)
+
+
+def shape_checks(agg: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    """The paper's qualitative ordering (docs/alignment.md, "The paper's ordering"), each claim checked on our means
+    for the headline metrics.
+
+    Claims: DPO < SFT; SimPO > SFT; ORPO > SFT; RAD-DPO ≥ every other method; each ablation < RAD-DPO.
+    A claim "holds" on a metric when the means are ordered as claimed; ``within_noise`` marks differences smaller
+    than the larger of the two standard deviations.
+    """
+    claims: list[tuple[str, str, str, str]] = [("DPO below SFT", "dpo", "<", "sft"),
+                                               ("SimPO above SFT", "simpo", ">", "sft"),
+                                               ("ORPO above SFT", "orpo", ">", "sft")]
+    for other in ("sft", "dpo", "simpo", "orpo"):
+        claims.append((f"RAD-DPO above {PAPER_NAMES[other]}", "rad-dpo", ">", other))
+    for abl in ("rad-dpo-no-tlgd", "rad-dpo-no-rdrw", "rad-dpo-no-ml-sft"):
+        claims.append((f"{PAPER_NAMES[abl]} below RAD-DPO", abl, "<", "rad-dpo"))
+    out = []
+    for text, a, op, b in claims:
+        if a not in agg or b not in agg:
+            continue
+        per_metric = {}
+        for block, key in CHECK_METRICS:
+            h = _header_of(block, key)
+            if h not in agg[a] or h not in agg[b]:
+                continue
+            (ma, sa, _), (mb, sb, _) = agg[a][h][:3], agg[b][h][:3]
+            holds = ma < mb if op == "<" else ma > mb
+            per_metric[f"{block} {key}"] = {"holds": bool(holds), "diff": ma - mb,
+                                            "within_noise": bool(abs(ma - mb) <= max(sa, sb))}
+        if per_metric:
+            n_hold = sum(v["holds"] for v in per_metric.values())
+            out.append({"claim": text, "metrics": per_metric, "holds_on": n_hold, "of": len(per_metric)})
+    return out
+
+
+def diagnostics_from_log(run_dir: Path) -> dict[str, float]:
+    """Means over the logged steps of a training run: RDRW weights of pseudo-/irrelevant negatives (after warm-up),
+    their similarities, shared-prefix shares, final loss and reward margin."""
+    path = run_dir / TRAIN_LOG_FILE
+    if not path.is_file():
+        return {}
+    log = [r for r in json.loads(path.read_text()) if "loss" in r]
+    if not log:
+        return {}
+    out: dict[str, float] = {}
+    warm = [r for r in log if r.get("rdrw/warm") == 1.0]
+    for key in ("rdrw/weight_pseudo_neg", "rdrw/weight_irrelevant_neg", "rdrw/mean_weight"):
+        vals = [r[key] for r in warm if key in r]
+        if vals:
+            out[key] = float(np.mean(vals))
+    for key in ("rdrw/similarity_pseudo_neg", "rdrw/similarity_irrelevant_neg", "pairs/shared_first",
+                "pairs/shared_two", "rewards/margin", "rewards/accuracy"):
+        vals = [r[key] for r in log if key in r]
+        if vals:
+            out[key] = float(np.mean(vals))
+    out["final_loss"] = float(log[-1]["loss"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _fmt(cell: list[float] | None) -> str:
+    if cell is None:
+        return "–"
+    m, s, n = cell
+    return f"{m:.4f}" if n <= 1 else f"{m:.4f} ± {s:.4f}"
+
+
+def markdown_report(doc: dict[str, Any]) -> str:
+    """The whole markdown page: table(s), diagnostics, claims."""
+    variants = [v for v in PAPER_NAMES if v in doc["aggregate"]]
+    head = "| method | " + " | ".join(h for h, _, _ in TABLE_COLUMNS) + " |"
+    sep = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
+    lines = [f"## Paper table — {doc['dataset']} data ({doc['preset']} config, {doc['seeds']} seed(s))", "",
+             head, sep]
+    for v in variants:
+        cells = [_fmt(doc["aggregate"][v].get(h)) for h, _, _ in TABLE_COLUMNS]
+        lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
+    lines += ["", f"mean ± sample std over seeds; SFT is one checkpoint (n = 1). {doc['test_sessions']} test sessions, "
+              f"beam {doc['eval']['beam_width']}, top-{doc['eval']['top_k']} items."]
+    truth = doc.get("aggregate_truth", {})
+    if any(truth.get(v) for v in variants):
+        lines += ["", "### Against the simulator's true relevance", "", head, sep]
+        for v in variants:
+            cells = [_fmt(truth[v].get(h)) if h in truth.get(v, {}) else "–" for h, _, _ in TABLE_COLUMNS]
+            lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
+    diag = doc.get("diagnostics", {})
+    if diag:
+        keys = [("rdrw/mean_weight", "mean w"),
+                ("rdrw/weight_pseudo_neg", "w pseudo-neg"), ("rdrw/weight_irrelevant_neg", "w irrelevant neg"),
+                ("rdrw/similarity_pseudo_neg", "cos pseudo-neg"), ("rdrw/similarity_irrelevant_neg", "cos irrel."),
+                ("pairs/shared_first", "share 1st tok"), ("pairs/shared_two", "share 2 tok"),
+                ("rewards/margin", "reward margin"), ("rewards/accuracy", "margin > 0"), ("final_loss", "final loss")]
+        lines += ["", "### Alignment diagnostics (means over logged steps and seeds; RDRW weights after warm-up)", "",
+                  "| method | " + " | ".join(n for _, n in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        for v in variants:
+            if v in diag:
+                lines.append("| " + " | ".join([PAPER_NAMES[v], *(f"{diag[v][k]:.4f}" if k in diag[v] else "–"
+                                                                   for k, _ in keys)]) + " |")
+    checks = doc.get("checks", [])
+    if checks:
+        lines += ["", "### The paper's ordering, checked (item R@10, item MRR, SID R@8, SID MRR)", "",
+                  "| claim | holds on | details |", "|---|---|---|"]
+        for c in checks:
+            det = "; ".join(f"{m}: {'✓' if r['holds'] else '✗'} {r['diff']:+.4f}"
+                            f"{' (within noise)' if r['within_noise'] else ''}" for m, r in c["metrics"].items())
+            lines.append(f"| {c['claim']} | {c['holds_on']}/{c['of']} | {det} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(doc: dict[str, Any], path: Path) -> None:
+    """Grouped bars with std error bars: the headline metrics per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in PAPER_NAMES if v in doc["aggregate"]]
+    heads = [_header_of(b, k) for b, k in CHECK_METRICS]
+    fig, axes = plt.subplots(1, len(heads), figsize=(4 * len(heads), 4), dpi=100)
+    colors = plt.get_cmap("tab10")(np.arange(len(variants)))
+    for ax, h in zip(np.atleast_1d(axes), heads, strict=True):
+        cells = [doc["aggregate"][v].get(h) for v in variants]
+        means = [c[0] if c else 0.0 for c in cells]
+        stds = [c[1] if c else 0.0 for c in cells]
+        ax.bar(range(len(variants)), means, yerr=stds, color=colors, capsize=3)
+        ax.set_xticks(range(len(variants)), [PAPER_NAMES[v] for v in variants], rotation=45, ha="right")
+        lo = min(means) if means else 0.0
+        hi = max(m + s for m, s in zip(means, stds, strict=True)) if means else 1.0
+        ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1e-9) - 0.01), hi + 0.05 * (hi - lo + 1e-9) + 1e-4)
+        ax.set_title("item " + h if h in ("R@10", "MRR") else h)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{doc['dataset']} data: mean ± std over {doc['seeds']} seed(s)")
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def mean_diagnostics(diagnostics: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """variant → each diagnostic's mean over that variant's runs (runs lacking a key are skipped for it)."""
+    return {v: {key: float(np.mean([d[key] for d in ds if key in d])) for key in {k for d in ds for k in d}}
+            for v, ds in diagnostics.items()}
+
+
+def write_table_files(out_dir: Path, doc: dict[str, Any], done: int, total: int) -> dict[str, Path]:
+    """``paper_table.json`` / ``.md`` / ``.png`` in ``out_dir``, atomically; the markdown is marked partial while
+    ``done < total``. Returns their paths."""
+    paths = {"json": out_dir / "paper_table.json", "markdown": out_dir / "paper_table.md",
+             "png": out_dir / "paper_table.png"}
+    write_json_atomic(paths["json"], doc, indent=1, sort_keys=False)
+    md = markdown_report(doc)
+    if done < total:
+        md = f"**Partial: {done} of {total} runs finished.**\n\n" + md
+    write_text_atomic(paths["markdown"], md)
+    write_chart(doc, paths["png"])
+    return paths
