@@ -1,6 +1,7 @@
 """``radgr serve --bundle DIR [--host 127.0.0.1] [--port 8000] ...`` — serve a bundle over HTTP.
 
-One uvicorn worker, one engine (PyTorch by default). Every option also reads from ``RADGR_<NAME>`` (see
+One uvicorn worker, one engine (``--engine auto``: vLLM where installed, else PyTorch). Every option also reads
+from ``RADGR_<NAME>`` (see
 :mod:`server.settings`); the API key is read only from ``RADGR_API_KEY``. The bundle is verified before the
 server starts (exit 1 with the failing check); SIGTERM drains (exit 0).
 """
@@ -30,6 +31,13 @@ def serve_command(
     device: str = typer.Option("auto", "--device", help="Engine device: auto, cpu, cuda or cuda:N."),
     torch_threads: int = typer.Option(0, "--torch-threads", help="torch threads of the engine (0 = default)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    engine: str = typer.Option("auto", "--engine", envvar="RADGR_ENGINE",
+                               help="auto (vLLM where installed, else PyTorch), torch or vllm."),
+    vllm_scoring: str = typer.Option("token_ids", "--vllm-scoring", envvar="RADGR_VLLM_SCORING",
+                                     help="vLLM child scoring: token_ids (logprob_token_ids) or processor."),
+    vllm_dtype: str = typer.Option("float32", "--vllm-dtype", help="vLLM dtype: float32, bfloat16 or float16."),
+    vllm_max_model_len: int = typer.Option(1024, "--vllm-max-model-len", help="vLLM context length."),
+    vllm_kv_cache_gib: float = typer.Option(1.0, "--vllm-kv-cache-gib", help="vLLM KV cache on CPU, GiB."),
 ) -> int:
     """Serve a bundle over HTTP (POST /retrieve)."""
     from pydantic import ValidationError
@@ -43,7 +51,8 @@ def serve_command(
             bundle=bundle, host=host, port=port, max_wait_ms=max_wait_ms, max_batch_requests=max_batch_requests,
             max_batch_rows=max_batch_rows, max_queue_requests=max_queue_requests, max_queue_rows=max_queue_rows,
             request_timeout_s=request_timeout_s, drain_grace_s=drain_grace_s, device=device,
-            torch_threads=torch_threads, log_level=log_level)
+            torch_threads=torch_threads, log_level=log_level, engine=engine, vllm_scoring=vllm_scoring,
+            vllm_dtype=vllm_dtype, vllm_max_model_len=vllm_max_model_len, vllm_kv_cache_gib=vllm_kv_cache_gib)
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"

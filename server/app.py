@@ -3,7 +3,8 @@
 Contract:
 - ``create_app(settings=None, engine_factory=None)`` builds an app (settings from the environment when None) whose
   lifespan loads (and verifies) the bundle once, builds the engine with ``engine_factory(bundle, settings)``
-  (:func:`server.engine_factory.torch_engine_factory` by default), starts the micro-batcher, runs one warm-up
+  (:func:`server.engine_factory.default_engine_factory` by default: the engine ``settings.engine`` names),
+  starts the micro-batcher, runs one warm-up
   retrieval, then reports ready. Routes reach all of it through the ``get_state`` and ``get_settings``
   dependencies of :mod:`server.state` (override them, or pass an ``engine_factory``, to put a fake at the seam).
 - ``POST /retrieve`` (schemas in :mod:`server.schemas`), ``GET /live``, ``GET /ready``, ``GET /metrics``.
@@ -30,13 +31,14 @@ from fastapi.responses import Response
 
 from decoding.bundle import load_bundle
 from decoding.engine import RetrievalRequest
+from decoding.engine_factory import needs_hf_model
 from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import encode_request_prompt
 from server import schemas
 from server.auth import api_key_dependencies
 from server.batcher import BatcherClosed, BatcherConfig, DeadlineExceeded, MicroBatcher, QueueFull
 from server.disconnect import ClientGone, cancel_on_disconnect
-from server.engine_factory import EngineFactory, torch_engine_factory
+from server.engine_factory import EngineFactory, default_engine_factory
 from server.errors import CLIENT_CLOSED_STATUS, ERROR_RESPONSES, ApiError, install_error_handlers
 from server.metrics import CONTENT_TYPE, ServerMetrics
 from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
@@ -101,12 +103,12 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
     settings = settings if settings is not None else load_settings()
     metrics = ServerMetrics()
     state = ServingState(settings=settings, metrics=metrics)
-    factory = engine_factory if engine_factory is not None else torch_engine_factory
+    factory = engine_factory if engine_factory is not None else default_engine_factory
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         t0 = time.monotonic()
-        bundle = await asyncio.to_thread(load_bundle, settings.bundle)
+        bundle = await asyncio.to_thread(load_bundle, settings.bundle, with_model=needs_hf_model(settings.engine))
         engine = await asyncio.to_thread(factory, bundle, settings)
         batcher = MicroBatcher(engine.retrieve_batch, BatcherConfig(
             max_wait_s=settings.max_wait_ms / 1000.0, max_batch_requests=settings.max_batch_requests,

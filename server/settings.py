@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from decoding.engine import MAX_BEAM_WIDTH
+from decoding.engine_factory import EngineOptions
+from decoding.vllm_engine import VllmEngineConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -51,6 +54,20 @@ class ServerSettings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine (0 = leave).")
     log_level: str = Field("info", description="uvicorn log level.")
 
+    engine: Literal["auto", "torch", "vllm"] = Field(
+        "auto", description="Engine: auto (vLLM where installed, else PyTorch), torch or vllm.")
+    vllm_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="vLLM weights dtype (float32 keeps near-ties in the PyTorch engine's order).")
+    vllm_max_model_len: int = Field(1024, ge=16, le=131072, description="vLLM context length (prompt + 3 tokens).")
+    vllm_kv_cache_gib: float = Field(1.0, ge=0.0625, le=1024.0, description="vLLM KV cache on CPU, GiB.")
+    vllm_gpu_memory_utilization: float = Field(0.85, ge=0.05, le=0.99,
+                                               description="Share of GPU memory vLLM may take (GPU only).")
+    vllm_block_size: int = Field(32, ge=16, le=256, description="vLLM KV block size (short prompts are cached "
+                                                               "only in whole blocks).")
+    vllm_max_num_seqs: int = Field(256, ge=1, le=65536, description="vLLM concurrent one-token sequences.")
+    vllm_scoring: Literal["processor", "token_ids"] = Field(
+        "token_ids", description="How vLLM scores SID children: trie logits processor or logprob_token_ids.")
+
     @model_validator(mode="after")
     def _check_budgets(self) -> ServerSettings:
         if self.max_batch_rows < MAX_BEAM_WIDTH:
@@ -63,6 +80,19 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"log_level must be one of critical/error/warning/info/debug/trace, "
                              f"given {self.log_level!r}")
         return self
+
+
+    def engine_options(self) -> EngineOptions:
+        """The engine these settings ask for, as :func:`decoding.engine_factory.build_engine` takes it."""
+        return EngineOptions(
+            kind=self.engine, device=self.device, max_batch_rows=self.max_batch_rows,
+            torch_threads=self.torch_threads,
+            vllm=VllmEngineConfig(dtype=self.vllm_dtype, max_model_len=self.vllm_max_model_len,
+                                  kv_cache_gib=self.vllm_kv_cache_gib,
+                                  gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                                  block_size=self.vllm_block_size, max_num_seqs=self.vllm_max_num_seqs,
+                                  scoring=self.vllm_scoring),
+        )
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+# Tests that do not name an engine test the PyTorch engine (servers started by tests inherit this); the vLLM
+# engine's tests (test_vllm_*.py) ask for it explicitly.
+os.environ.setdefault("RADGR_ENGINE", "torch")
 
 
 def make_tiny_tokenizer(codebook_sizes: Sequence[int], words: Sequence[str] = ()):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from decoding.bundle import Bundle
 from decoding.engine import RetrievalEngine, RetrievalRequest, RetrievalResult
-from server.engine_factory import EngineFactory, torch_engine_factory
+from server.engine_factory import EngineFactory, default_engine_factory
 from server.settings import ServerSettings
 
 
@@ -59,7 +59,7 @@ def gated_factory(holder: list[GatedEngine]) -> EngineFactory:
     """An ``engine_factory`` that wraps the default engine and hands the wrapper to the test via ``holder``."""
 
     def factory(bundle: Bundle, settings: ServerSettings) -> RetrievalEngine:
-        engine = GatedEngine(torch_engine_factory(bundle, settings))
+        engine = GatedEngine(default_engine_factory(bundle, settings))
         holder.append(engine)
         return engine
 

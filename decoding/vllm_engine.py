@@ -1,0 +1,487 @@
+"""The vLLM retrieval engine: SID beam search driven step by step on an in-process ``vllm.LLM``.
+
+The only production module that imports vLLM (an import-linter contract says so). Implements
+:class:`decoding.engine.RetrievalEngine` with ``name = "vllm"`` and the same results as
+:class:`decoding.torch_engine.TorchBeamEngine` (same SIDs, same order, scores within float rounding).
+
+Contract:
+
+- ``VllmBeamEngine(model_dir, vocab, index, index_dir, config)`` starts ``vllm.LLM`` on ``model_dir`` (a Hugging
+  Face model directory with its tokenizer, e.g. a bundle's ``model/``) in-process (uni executor; set
+  ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before vLLM is imported, :func:`vllm_environment` does), with prefix caching
+  on and a KV block size small enough that short prompts are cached (``config.block_size``, default 32).
+- **Beam loop** (``retrieve_batch``): three steps, one per SID level. Each step submits every live beam of every
+  request in the batch as one ``generate`` call of one-token requests (prompt = request prompt + the beam's tokens),
+  no detokenisation, flat log-probs, the sampling parameters built once per (level, fan-out) and never cloned.
+  Candidates come back as (beam, token, log-prob); per request the best ``beam_width`` of ``beam score + log-prob``
+  survive (numpy, one ``lexsort`` per step). After the third level the beams map to SID rows and items through
+  :func:`decoding.hits.hits_from_beams`, as in the PyTorch engine.
+- **Scores.** A token's log-prob is the log-softmax over the full vocabulary, never renormalised after masking
+  (the semantics of ``docs/architecture.md``). Two ways to get it, fixed per engine by ``config.scoring``:
+  - ``"processor"`` (default): :class:`SidTrieLogitsProcessor` writes the log-softmax on the valid children of each
+    beam's trie node and ``-inf`` elsewhere; the engine runs with ``logprobs_mode="processed_logits"`` so vLLM
+    returns those values; each beam asks for ``min(beam_width, #children)`` log-probs (the children, exactly).
+  - ``"token_ids"``: no engine-side code; each beam asks for ``SamplingParams.logprob_token_ids`` = its valid
+    children (split in chunks of 128, vLLM's bound) with the default ``raw_logprobs`` mode.
+  - unconstrained requests (hallucination measurement): no mask; each beam asks for its ``beam_width`` best tokens
+    over the full vocabulary; a SID whose tokens are not a path of the trie gets ``sid_row = -1``.
+- **The logits processor** keeps per-row state (depth, trie node, constrained) from ``SamplingParams.extra_args``
+  (key ``"radgr_sid"``), and builds the mask for the whole batch with array gathers over the index's CSR prefix
+  tables (one ``repeat_interleave`` per depth present, no Python per token). Rows without that key pass through.
+  It finds the tables through ``vllm_config.additional_config["radgr"]`` (the index directory and the SID token
+  layout), so it also works when the engine core runs in another process.
+- ``RetrievalResult.timings`` (seconds, shared by the batch): ``prefill`` (the level-0 step, which prefills every
+  prompt), ``decode`` (levels 1 and 2), ``host`` (radgr's own Python between steps: building requests, reading
+  log-probs, pruning), ``finalize`` (beams → hits → items), and ``requests`` (one-token vLLM requests submitted).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from decoding.engine import MAX_BEAM_WIDTH, RetrievalRequest, RetrievalResult
+from decoding.hits import IndexForDecoding, hits_from_beams
+from decoding.sid_vocab import SidVocab
+from sid_index.prefix_tables import PrefixTables
+from sid_index.tokens import NUM_LEVELS
+
+Scoring = Literal["processor", "token_ids"]
+EXTRA_ARGS_KEY = "radgr_sid"
+CONFIG_KEY = "radgr"
+MAX_TOKEN_IDS_PER_REQUEST = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
+
+
+@dataclass(frozen=True)
+class VllmEngineConfig:
+    """Engine options with their bounds; float32 by default (bf16 reorders near-ties on CPU)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = 1024
+    kv_cache_gib: float = 1.0  # CPU: VLLM_CPU_KVCACHE_SPACE; ignored on GPU (see gpu_memory_utilization)
+    gpu_memory_utilization: float = 0.85
+    block_size: int = 32
+    max_num_seqs: int = 256
+    max_logprobs: int = MAX_BEAM_WIDTH
+    scoring: Scoring = "processor"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be one of float32, bfloat16, float16, given {self.dtype!r}")
+        if not 16 <= self.max_model_len <= 131072:
+            raise ValueError(f"max_model_len must be in [16, 131072], given {self.max_model_len}")
+        if not 0.0625 <= self.kv_cache_gib <= 1024:
+            raise ValueError(f"kv_cache_gib must be in [0.0625, 1024], given {self.kv_cache_gib}")
+        if not 0.05 <= self.gpu_memory_utilization <= 0.99:
+            raise ValueError(f"gpu_memory_utilization must be in [0.05, 0.99], given {self.gpu_memory_utilization}")
+        if self.block_size < 16 or self.block_size % 16:
+            raise ValueError(f"block_size must be a multiple of 16 and >= 16, given {self.block_size}")
+        if not 1 <= self.max_num_seqs <= 65536:
+            raise ValueError(f"max_num_seqs must be in [1, 65536], given {self.max_num_seqs}")
+        if not MAX_BEAM_WIDTH <= self.max_logprobs <= 4096:
+            raise ValueError(f"max_logprobs must be in [{MAX_BEAM_WIDTH}, 4096] (at least the beam width), "
+                             f"given {self.max_logprobs}")
+        if self.scoring not in ("processor", "token_ids"):
+            raise ValueError(f"scoring must be 'processor' or 'token_ids', given {self.scoring!r}")
+
+
+def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
+    """Environment for an in-process, eager vLLM engine (set before ``import vllm``; existing values are kept).
+
+    Without ``TORCH_COMPILE_DISABLE`` the first request with log-probs spends ~14 s compiling the sampler on CPU.
+    """
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(config.kv_cache_gib))),
+        "TORCH_COMPILE_DISABLE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if os.environ["TORCH_COMPILE_DISABLE"] == "1":  # torch read the variable at import; say it again
+        import torch._dynamo
+
+        torch._dynamo.config.disable = True
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- the trie, as arrays
+@dataclass(frozen=True)
+class TrieLevels:
+    """The prefix tables per depth: node ``n`` at depth ``d`` has children ``indptr[d][n]:indptr[d][n+1]`` with
+    level-``d`` codes ``codes[d][...]``; a child's index is its node id at depth ``d+1`` (depth 3 = SID row).
+    ``child_keys[d]`` (``parent · M + code``, sorted) maps (node, code) back to the child."""
+
+    indptr: tuple[np.ndarray, ...]
+    codes: tuple[np.ndarray, ...]
+    child_keys: tuple[np.ndarray, ...]
+    radix: tuple[int, ...]
+
+    @staticmethod
+    def from_tables(tables: PrefixTables) -> TrieLevels:
+        n0 = int(tables.level0.shape[0])
+        indptr = (np.asarray([0, n0], dtype=np.int64), np.asarray(tables.l1_indptr, dtype=np.int64),
+                  np.asarray(tables.l2_indptr, dtype=np.int64))
+        codes = tuple(np.asarray(c, dtype=np.int64) for c in (tables.level0, tables.l1_codes, tables.l2_codes))
+        keys, radix = [], []
+        for ptr, cod in zip(indptr, codes, strict=True):
+            m = int(cod.max()) + 1 if cod.size else 1
+            parent = np.repeat(np.arange(ptr.shape[0] - 1, dtype=np.int64), np.diff(ptr))
+            key = parent * m + cod
+            if key.size > 1 and not bool(np.all(key[1:] > key[:-1])):
+                raise ValueError("prefix tables must list each node's children in ascending code order")
+            keys.append(key)
+            radix.append(m)
+        return TrieLevels(indptr, codes, tuple(keys), tuple(radix))
+
+    def child_count(self, depth: int, nodes: np.ndarray) -> np.ndarray:
+        ptr = self.indptr[depth]
+        return ptr[nodes + 1] - ptr[nodes]
+
+    def children(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(owner [T], child [T])``: every child of ``nodes`` (in order), owner = position in ``nodes``."""
+        ptr = self.indptr[depth]
+        start = ptr[nodes]
+        counts = ptr[nodes + 1] - start
+        owner = np.repeat(np.arange(nodes.shape[0]), counts)
+        first = np.cumsum(counts) - counts
+        child = np.arange(owner.shape[0]) + (start - first)[owner]
+        return owner, child
+
+    def find_child(self, depth: int, nodes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Child node of ``(nodes, codes)`` at ``depth``, ``-1`` where that code is not a child."""
+        keys = self.child_keys[depth]
+        m = self.radix[depth]
+        ok = (codes >= 0) & (codes < m)
+        want = nodes * m + np.where(ok, codes, 0)
+        pos = np.searchsorted(keys, want).clip(max=max(keys.shape[0] - 1, 0))
+        found = ok & (keys.shape[0] > 0) & (keys[pos] == want)
+        return np.where(found, pos, -1)
+
+
+# ---------------------------------------------------------------------------------------------- logits processor
+def _load_processor_setup(additional: dict[str, Any]) -> tuple[TrieLevels, tuple[int, ...], int] | None:
+    cfg = additional.get(CONFIG_KEY)
+    if not cfg:
+        return None
+    from sid_index.index import SidIndex
+
+    index = SidIndex.load(cfg["index_dir"], verify_checksums=False)
+    return TrieLevels.from_tables(index.tables), tuple(int(o) for o in cfg["offsets"]), int(cfg["eos_id"])
+
+
+def masked_log_softmax(logits: torch.Tensor, rows: torch.Tensor, depth: torch.Tensor, node: torch.Tensor,
+                       constrained: torch.Tensor, trie: TrieLevels, offsets: Sequence[int], eos_id: int
+                       ) -> torch.Tensor:
+    """Pure core of the processor: ``logits [N, V]`` → same shape, rows ``rows [K]`` replaced by their log-softmax
+    over the full vocabulary, ``-inf`` outside the valid children of (``depth``, ``node``) where ``constrained``
+    (depth 3 allows only EOS). Other rows are returned unchanged."""
+    if rows.numel() == 0:
+        return logits
+    sub = torch.log_softmax(logits.index_select(0, rows).float(), dim=-1)
+    allowed = torch.zeros_like(sub, dtype=torch.bool)
+    dep = depth.cpu().numpy()
+    nod = node.cpu().numpy()
+    con = constrained.cpu().numpy()
+    for d in range(NUM_LEVELS + 1):  # a loop over depths, not over rows or tokens
+        sel = np.nonzero(con & (dep == d))[0]
+        if sel.size == 0:
+            continue
+        if d == NUM_LEVELS:
+            allowed[torch.as_tensor(sel), eos_id] = True
+            continue
+        owner, child = trie.children(d, nod[sel])
+        tok = offsets[d] + trie.codes[d][child]
+        allowed[torch.as_tensor(sel[owner]), torch.as_tensor(tok)] = True
+    free = torch.as_tensor(~con)
+    allowed |= free[:, None]
+    sub = torch.where(allowed, sub, torch.full_like(sub, float("-inf")))
+    out = logits.clone() if logits.dtype != sub.dtype else logits
+    out = out.float() if out.dtype != torch.float32 else out
+    out[rows] = sub
+    return out
+
+
+def _processor_class() -> type:
+    """The :class:`SidTrieLogitsProcessor` class (built lazily so that this module imports without vLLM)."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+    class _SidTrieLogitsProcessor(LogitsProcessor):
+        """Trie mask + log-softmax on the rows whose ``extra_args`` carry ``radgr_sid = [depth, node, constrained]``."""
+
+        def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+            setup = _load_processor_setup(dict(vllm_config.additional_config or {}))
+            self.active = setup is not None
+            self.trie, self.offsets, self.eos_id = setup if setup is not None else (None, (), -1)
+            self.state: dict[int, tuple[int, int, bool]] = {}
+            self.device = device
+
+        @classmethod
+        def validate_params(cls, sampling_params: Any) -> None:
+            args = (sampling_params.extra_args or {}).get(EXTRA_ARGS_KEY)
+            if args is not None and (not isinstance(args, list | tuple) or len(args) != 3):
+                raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be [depth, node, constrained], given {args!r}")
+
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def update_state(self, batch_update: BatchUpdate | None) -> None:
+            if batch_update is None:
+                return
+            for row in batch_update.removed:
+                self.state.pop(row, None)
+            for row, params, _prompt, _out in batch_update.added:
+                args = (params.extra_args or {}).get(EXTRA_ARGS_KEY) if params is not None else None
+                if args is None:
+                    self.state.pop(row, None)
+                else:
+                    self.state[row] = (int(args[0]), int(args[1]), bool(args[2]))
+            for a, b, direction in batch_update.moved:
+                sa, sb = self.state.pop(a, None), self.state.pop(b, None)
+                if sa is not None:
+                    self.state[b] = sa
+                if sb is not None and direction.name == "SWAP":
+                    self.state[a] = sb
+
+        def apply(self, logits: torch.Tensor) -> torch.Tensor:
+            if not self.active or not self.state:
+                return logits
+            rows = sorted(r for r in self.state if r < logits.shape[0])
+            vals = np.asarray([self.state[r] for r in rows], dtype=np.int64).reshape(-1, 3)
+            assert self.trie is not None
+            return masked_log_softmax(
+                logits, torch.as_tensor(rows, dtype=torch.long, device=logits.device), torch.as_tensor(vals[:, 0]),
+                torch.as_tensor(vals[:, 1]), torch.as_tensor(vals[:, 2].astype(bool)), self.trie, self.offsets,
+                self.eos_id)
+
+    _SidTrieLogitsProcessor.__name__ = "SidTrieLogitsProcessor"
+    _SidTrieLogitsProcessor.__qualname__ = "SidTrieLogitsProcessor"
+    return _SidTrieLogitsProcessor
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+@dataclass
+class _Beams:
+    """Live beams of every request, flat: request ``req[i]``, tokens ``tokens[i, :level]``, node, score."""
+
+    req: np.ndarray
+    tokens: np.ndarray
+    node: np.ndarray
+    score: np.ndarray
+
+
+class VllmBeamEngine:
+    """SID beam search on vLLM (see the module docstring)."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: str | os.PathLike[str], vocab: SidVocab, index: IndexForDecoding,
+                 index_dir: str | os.PathLike[str], config: VllmEngineConfig | None = None) -> None:
+        self.config = config if config is not None else VllmEngineConfig()
+        vllm_environment(self.config)
+        from vllm import LLM, SamplingParams
+
+        self._sampling_params = SamplingParams
+        self.vocab = vocab
+        self.index = index
+        self.trie = TrieLevels.from_tables(index.tables)
+        self._offsets = np.asarray(vocab.offsets, dtype=np.int64)
+        self._sizes = np.asarray(vocab.sizes, dtype=np.int64)
+        cfg = self.config
+        processor = cfg.scoring == "processor"
+        kwargs: dict[str, Any] = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        self.llm = LLM(
+            model=str(model_dir), tokenizer=str(model_dir), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+            enforce_eager=True, enable_prefix_caching=True, block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs,
+            max_logprobs=cfg.max_logprobs, seed=cfg.seed, distributed_executor_backend="uni",
+            logprobs_mode="processed_logits" if processor else "raw_logprobs",
+            logits_processors=[_processor_class()] if processor else None,
+            additional_config={CONFIG_KEY: {"index_dir": str(Path(index_dir).resolve()),
+                                            "offsets": [int(o) for o in vocab.offsets],
+                                            "eos_id": int(vocab.eos_id)}} if processor else {},
+            skip_tokenizer_init=False, **kwargs,
+        )
+        self._vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
+        self._params_cache: dict[tuple[int, int, int, bool], Any] = {}
+
+    # -- sampling parameters, built once per (level, node, fan-out, mode) and never cloned
+    def _params(self, depth: int, node: int, k: int, constrained: bool) -> Any:
+        key = (depth, node if self.config.scoring == "processor" or not constrained else -2, k, constrained)
+        got = self._params_cache.get(key)
+        if got is None:
+            extra = {EXTRA_ARGS_KEY: [depth, node, constrained]} if self.config.scoring == "processor" else None
+            got = self._sampling_params(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False,
+                                        flat_logprobs=True, skip_clone=True, extra_args=extra)
+            if len(self._params_cache) < 200_000:
+                self._params_cache[key] = got
+        return got
+
+    def _token_id_params(self, ids: Sequence[int]) -> Any:
+        return self._sampling_params(max_tokens=1, temperature=0.0, logprob_token_ids=list(ids), detokenize=False,
+                                     flat_logprobs=True, skip_clone=True)
+
+    def retrieve_batch(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]:
+        for i, req in enumerate(requests):
+            ids = np.asarray(req.prompt_ids, dtype=np.int64)
+            bad = ids[(ids < 0) | (ids >= self._vocab_size)]
+            if bad.size:
+                raise ValueError(f"requests[{i}].prompt_ids must be token ids in [0, {self._vocab_size}), "
+                                 f"given {int(bad[0])}")
+            if len(ids) + NUM_LEVELS > self.config.max_model_len:
+                raise ValueError(f"requests[{i}].prompt_ids must hold at most {self.config.max_model_len - NUM_LEVELS}"
+                                 f" tokens (max_model_len {self.config.max_model_len}), given {len(ids)}")
+        if not requests:
+            return []
+        widths = np.asarray([r.beam_width for r in requests], dtype=np.int64)
+        constrained = np.asarray([r.constrained for r in requests], dtype=bool)
+        n = len(requests)
+        beams = _Beams(req=np.arange(n), tokens=np.zeros((n, 0), dtype=np.int64), node=np.zeros(n, dtype=np.int64),
+                       score=np.zeros(n, dtype=np.float64))
+        times = {"prefill": 0.0, "decode": 0.0, "host": 0.0}
+        submitted = 0
+        for depth in range(NUM_LEVELS):
+            t0 = time.perf_counter()
+            prompts, params, owner, token_lists = self._step_requests(requests, beams, depth, widths, constrained)
+            t1 = time.perf_counter()
+            outputs = self._generate(prompts, params, token_lists)
+            t2 = time.perf_counter()
+            submitted += len(prompts)
+            beams = self._prune(outputs, owner, token_lists, beams, depth, widths, constrained)
+            t3 = time.perf_counter()
+            times["host"] += (t1 - t0) + (t3 - t2)
+            times["prefill" if depth == 0 else "decode"] += t2 - t1
+        t4 = time.perf_counter()
+        results = self._finalize(requests, beams, constrained)
+        timings = {**times, "finalize": time.perf_counter() - t4, "requests": float(submitted)}
+        return [RetrievalResult(sids=s, items=it, timings=dict(timings)) for s, it in results]
+
+    def _generate(self, prompts: list[Any], params: list[Any], token_lists: list[list[int] | None]) -> list[Any]:
+        """One ``generate`` call; with ``token_ids`` scoring, the rows asking for top-k log-probs go in a call of
+        their own (vLLM returns only the sampled token's log-prob for them when a batch mixes the two kinds)."""
+        split = [i for i, t in enumerate(token_lists) if t is None]
+        if self.config.scoring == "processor" or not split or len(split) == len(prompts):
+            return list(self.llm.generate(prompts, params, use_tqdm=False))
+        rest = [i for i, t in enumerate(token_lists) if t is not None]
+        out: list[Any] = [None] * len(prompts)
+        for rows in (split, rest):
+            got = self.llm.generate([prompts[i] for i in rows], [params[i] for i in rows], use_tqdm=False)
+            for i, o in zip(rows, got, strict=True):
+                out[i] = o
+        return out
+
+    def _step_requests(self, requests: Sequence[RetrievalRequest], beams: _Beams, depth: int, widths: np.ndarray,
+                       constrained: np.ndarray) -> tuple[list[Any], list[Any], list[int], list[list[int] | None]]:
+        """One one-token vLLM request per live beam (per chunk of 128 ids in ``token_ids`` scoring)."""
+        prompts: list[Any] = []
+        params: list[Any] = []
+        owner: list[int] = []
+        token_lists: list[list[int] | None] = []
+        con = constrained[beams.req]
+        kids = np.zeros(beams.req.shape[0], dtype=np.int64)
+        if con.any():
+            kids[con] = self.trie.child_count(depth, beams.node[con])
+        k = np.minimum(np.where(con, kids, self._vocab_size), widths[beams.req])
+        by_tokens = self.config.scoring == "token_ids"
+        for i in range(beams.req.shape[0]):
+            r = int(beams.req[i])
+            ids = [*requests[r].prompt_ids, *beams.tokens[i].tolist()]
+            if by_tokens and con[i]:
+                _, child = self.trie.children(depth, beams.node[i:i + 1])
+                toks = (self._offsets[depth] + self.trie.codes[depth][child]).tolist()
+                for s in range(0, len(toks), MAX_TOKEN_IDS_PER_REQUEST):
+                    chunk = toks[s:s + MAX_TOKEN_IDS_PER_REQUEST]
+                    prompts.append({"prompt_token_ids": ids})
+                    params.append(self._token_id_params(chunk))
+                    owner.append(i)
+                    token_lists.append(chunk)
+            else:
+                prompts.append({"prompt_token_ids": ids})
+                params.append(self._params(depth, int(beams.node[i]), int(k[i]), bool(con[i])))
+                owner.append(i)
+                token_lists.append(None)
+        return prompts, params, owner, token_lists
+
+    def _prune(self, outputs: Sequence[Any], owner: Sequence[int], token_lists: Sequence[list[int] | None],
+               beams: _Beams, depth: int, widths: np.ndarray, constrained: np.ndarray) -> _Beams:
+        """Read (beam, token, log-prob) candidates and keep each request's best ``beam_width``."""
+        cand_beam: list[np.ndarray] = []
+        cand_tok: list[np.ndarray] = []
+        cand_lp: list[np.ndarray] = []
+        for out, i, wanted in zip(outputs, owner, token_lists, strict=True):
+            lp = out.outputs[0].logprobs
+            s, e = lp.start_indices[0], lp.end_indices[0]
+            tok = np.asarray(lp.token_ids[s:e], dtype=np.int64)
+            val = np.asarray(lp.logprobs[s:e], dtype=np.float64)
+            if wanted is not None:  # token_ids scoring: the sampled token comes back too; keep the children
+                keep = np.isin(tok, np.asarray(wanted, dtype=np.int64))
+                tok, val = tok[keep], val[keep]
+            tok, first = np.unique(tok, return_index=True)  # the sampled token may repeat a top-k entry
+            cand_beam.append(np.full(tok.shape[0], i, dtype=np.int64))
+            cand_tok.append(tok)
+            cand_lp.append(val[first])
+        b = np.concatenate(cand_beam)
+        tok = np.concatenate(cand_tok)
+        score = beams.score[b] + np.concatenate(cand_lp)
+        req = beams.req[b]
+        con = constrained[req]
+        code = tok - self._offsets[depth]
+        in_level = (tok >= self._offsets[depth]) & (code < self._sizes[depth])
+        child = np.full(tok.shape[0], -1, dtype=np.int64)
+        if con.any():
+            child[con] = self.trie.find_child(depth, beams.node[b[con]], np.where(in_level[con], code[con], -1))
+        ok = np.isfinite(score) & (~con | (child >= 0))  # constrained: only valid children (the mask says so)
+        b, tok, score, req, child = b[ok], tok[ok], score[ok], req[ok], child[ok]
+        # per request, best first; ties broken by (parent beam, token) as the PyTorch engine's candidate order
+        order = np.lexsort((tok, b, -score, req))
+        b, tok, score, req, child = b[order], tok[order], score[order], req[order], child[order]
+        starts = np.searchsorted(req, req, side="left")
+        rank = np.arange(req.shape[0]) - starts
+        keep = rank < widths[req]
+        b, tok, score, req, child = b[keep], tok[keep], score[keep], req[keep], child[keep]
+        tokens = np.concatenate([beams.tokens[b], tok[:, None]], axis=1)
+        return _Beams(req=req, tokens=tokens, node=np.where(child >= 0, child, 0), score=score)
+
+    def _finalize(self, requests: Sequence[RetrievalRequest], beams: _Beams, constrained: np.ndarray
+                  ) -> list[tuple[Any, Any]]:
+        tokens = beams.tokens
+        codes = tokens - self._offsets[None, :]
+        in_level = (tokens >= self._offsets[None, :]) & (codes < self._sizes[None, :])
+        codes = np.where(in_level, codes, -1)
+        rows = beams.node.copy()
+        free = ~constrained[beams.req]
+        if free.any():
+            rows[free] = self._sid_rows(codes[free])
+        out = []
+        bounds = np.searchsorted(beams.req, np.arange(len(requests) + 1), side="left")
+        for r, req in enumerate(requests):
+            s, e = int(bounds[r]), int(bounds[r + 1])
+            out.append(hits_from_beams(codes[s:e], tokens[s:e], beams.score[s:e].astype(np.float32), rows[s:e],
+                                       self.index, req.top_k_items))
+        return out
+
+    def _sid_rows(self, codes: np.ndarray) -> np.ndarray:
+        """Rows of SIDs given as codes ``[n, 3]`` (``-1`` = not a SID token); ``-1`` where not a path of the trie."""
+        node = np.zeros(codes.shape[0], dtype=np.int64)
+        alive = np.ones(codes.shape[0], dtype=bool)
+        for d in range(NUM_LEVELS):
+            nxt = self.trie.find_child(d, node, np.where(alive, codes[:, d], -1))
+            alive &= nxt >= 0
+            node = np.where(alive, nxt, 0)
+        return np.where(alive, node, -1)
+
+    def close(self) -> None:
+        """Release the engine (vLLM frees its KV cache when the ``LLM`` is dropped)."""
+        del self.llm
+
