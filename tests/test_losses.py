@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from sid_index.tokens import shared_prefix_len as scalar_shared_prefix_len
 from training.losses import (
     DpoConfig,
     OrpoConfig,
@@ -78,6 +79,19 @@ def test_shared_prefix_len_by_hand() -> None:
     top = torch.tensor([[1, 2, 3]])
     neg = torch.tensor([[[1, 2, 0], [1, 0, 3], [0, 2, 3], [1, 2, 3]]])
     assert shared_prefix_len(top, neg).tolist() == [[2, 1, 0, 3]]
+
+
+def test_batched_shared_prefix_len_agrees_with_the_scalar_one() -> None:
+    """The batched tensor form equals ``sid_index.tokens.shared_prefix_len`` on every (y*, negative) of random codes
+    (codes drawn from 3 values so that shared prefixes of every length 0..3 occur)."""
+    g = torch.Generator().manual_seed(0)
+    top = torch.randint(0, 3, (64, 3), generator=g)
+    neg = torch.randint(0, 3, (64, 9, 3), generator=g)
+    neg[:, 0] = top  # at least one identical SID per row
+    got = shared_prefix_len(top, neg)
+    want = [[scalar_shared_prefix_len(top[b].tolist(), neg[b, j].tolist()) for j in range(9)] for b in range(64)]
+    assert got.tolist() == want
+    assert set(got.flatten().tolist()) == {0, 1, 2, 3}
 
 
 def test_multi_label_sft_by_hand() -> None:

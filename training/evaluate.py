@@ -3,7 +3,7 @@
 Command: ``radgr eval --model RUN_DIR/final --index DIR --samples DIR [--beam-width 128 --top-k 500
 --batch-size 8 --limit N --out eval.json] [--baseline popularity]``
 
-Contract (metrics per method.md §4, averaged over test sessions):
+Contract (the paper's metrics, docs/training.md "Evaluation", averaged over test sessions):
 - A model is decoded through the :class:`decoding.engine.RetrievalEngine` interface (``TorchBeamEngine`` by
   default; any engine can be passed to :func:`evaluate_engine`), trie-constrained, at ``beam_width``; its SIDs
   (score order) and items (SIDs expanded, popularity order within a SID, top ``top_k``) are ranked lists.

@@ -1,7 +1,7 @@
-"""Preference losses as pure functions on per-token log-probs (method.md §3; equations cited at each function).
+"""Preference losses as pure functions on per-token log-probs (equations cited at each function).
 
-Notation (method.md): ``ℓ_t(y) = log π_θ(y_t | x, y_<t)``, ``ℓ(y) = Σ_t ℓ_t(y)``, ``|y|`` = tokens (4: 3 SID
-tokens + EOS), ``σ`` = sigmoid, ``sg`` = stop-gradient (``.detach()``).
+Notation (as in docs/alignment.md): ``ℓ_t(y) = log π_θ(y_t | x, y_<t)``, ``ℓ(y) = Σ_t ℓ_t(y)``, ``|y|`` = tokens
+(4: 3 SID tokens + EOS), ``σ`` = sigmoid, ``sg`` = stop-gradient (``.detach()``).
 
 Contract
 --------
@@ -11,7 +11,8 @@ Contract
   ``dpo_loss`` needs the frozen reference model's summed log-probs; ``simpo_loss`` and ``orpo_loss`` do not.
 - RAD-DPO works on whole sessions: every positive (for the multi-label SFT term) and the top-tier positive y*
   against all N negatives at once (log-sum-exp). ``RadDpoConfig.tlgd`` / ``rdrw`` / ``ml_sft`` are the three
-  ablation switches. Parts marked [R] in method.md are reconstructions; their defaults live in the configs below.
+  ablation switches. Parts marked [R] are our reconstructions (docs/alignment.md, "What is the paper's, what is
+  reconstructed"); their defaults live in the configs below.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def shared_prefix_len(top_codes: torch.Tensor, neg_codes: torch.Tensor) -> torch.Tensor:
-    """p_j = length of the longest common prefix of y⁻_j and y* in SID tokens (method.md TLGD [P]).
+    """p_j = length of the longest common prefix of y⁻_j and y* in SID tokens (TLGD [P]).
 
+    The batched tensor form of ``sid_index.tokens.shared_prefix_len`` (a test checks they agree on random codes):
     ``top_codes [B, 3]``, ``neg_codes [B, N, 3]`` → int64 ``[B, N]`` in 0..3.
     """
     equal = top_codes[:, None, :] == neg_codes  # [B, N, 3]
@@ -232,7 +234,7 @@ def rad_dpo_loss(
     neg_weights: torch.Tensor,
     cfg: RadDpoConfig,
 ) -> RadDpoTerms:
-    """RAD-DPO = MLGC + TLGD + RDRW (method.md §3):
+    """RAD-DPO = MLGC + TLGD + RDRW (docs/alignment.md, "What is the paper's, what is reconstructed"):
 
     L = λ_sft·L_SFT + λ_pref·L_pref per session, averaged over sessions (L_pref = 0 for a session without a
     usable negative).

@@ -1,4 +1,4 @@
-"""Retrieval metrics of method.md §4, as small pure functions over one session's ranking.
+"""The paper's retrieval metrics (docs/training.md, "Evaluation"), as small pure functions over one session's ranking.
 
 Contract:
 - ``recall_at_k(ranked, positives, k)`` = |positives ∩ ranked[:k]| / |positives| (positives de-duplicated).

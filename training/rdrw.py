@@ -1,4 +1,6 @@
-"""RDRW — representation-based dynamic reward weighting (method.md §3, RAD-DPO).
+"""RDRW — representation-based dynamic reward weighting, RAD-DPO's denoising of pseudo-negatives.
+
+Tags [P]/[S]/[R] and the defaults: docs/alignment.md, "What is the paper's, what is reconstructed" (RDRW rows).
 
 Contract
 --------
