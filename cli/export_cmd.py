@@ -9,6 +9,7 @@ Exit codes: 0 ok, 1 the bundle (or its inputs) is inconsistent (the message says
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -18,7 +19,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _summary(manifest: dict) -> Table:  # type: ignore[type-arg]
+def _summary(manifest: dict[str, Any]) -> Table:
     table = Table(title=f"bundle {manifest['name']}")
     table.add_column("field")
     table.add_column("value")

@@ -13,6 +13,7 @@ input, with a message naming the field).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -113,7 +114,7 @@ def eval_command(
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as prog:
 
-            def factory(name: str, total: int):  # type: ignore[no-untyped-def]
+            def factory(name: str, total: int) -> Callable[[int], None]:
                 task = prog.add_task(name, total=total)
                 return lambda n: prog.advance(task, n)
 

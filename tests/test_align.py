@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,16 +15,16 @@ import torch
 
 from decoding.prompt import PROMPT_VERSION
 from training.align import AlignConfig, run_align
+from training.data.sample_format import Sample
 from training.losses import RadDpoConfig
 from training.rdrw import RdrwConfig
 from training.train_config import TrainConfig
 
 SIZES = (4, 4, 4)
+SftRun = tuple[Path, Path]  # the fixture: the SFT model dir, the samples dir
 
 
-def _make_sample(i: int, rng: random.Random):  # type: ignore[no-untyped-def]
-    from training.data.sample_format import Sample
-
+def _make_sample(i: int, rng: random.Random) -> Sample:
     def codes() -> tuple[int, int, int]:
         return (rng.randrange(4), rng.randrange(4), rng.randrange(4))
 
@@ -41,7 +42,7 @@ def _make_sample(i: int, rng: random.Random):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def sft_checkpoint(tmp_path: Path, tiny_lm_factory):  # type: ignore[no-untyped-def]
+def sft_checkpoint(tmp_path: Path, tiny_lm_factory: Any) -> SftRun:
     """A tiny 'SFT' model dir (random weights, radgr_train.json with codebook sizes) and 24 training samples."""
     from training.data.sample_format import samples_to_batch
     from training.model import save_model_dir
@@ -72,7 +73,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["dpo", "simpo", "orpo", "rad-dpo"])
-def test_each_method_trains_and_writes_final(method: str, sft_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_each_method_trains_and_writes_final(method: str, sft_checkpoint: SftRun, tmp_path: Path) -> None:
     sft, samples = sft_checkpoint
     final = run_align(_cfg(method, sft, samples, tmp_path / method))
     before, after = _state(sft), _state(final)
@@ -95,7 +96,7 @@ def test_each_method_trains_and_writes_final(method: str, sft_checkpoint, tmp_pa
     assert (tmp_path / method / "loss.png").is_file()
 
 
-def test_rdrw_warms_up_then_weighs(sft_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rdrw_warms_up_then_weighs(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     """Window 16 pairs, 12 pairs per step (4 sessions × 3): steps 1–2 weigh 1 (warm-up), step 3 uses quartiles."""
     sft, samples = sft_checkpoint
     run_align(_cfg("rad-dpo", sft, samples, tmp_path / "r"))
@@ -106,7 +107,7 @@ def test_rdrw_warms_up_then_weighs(sft_checkpoint, tmp_path: Path) -> None:  # t
     assert info["rdrw_final"]["seen"] == 36
 
 
-def test_resume_restores_rdrw_state_and_matches_uninterrupted(sft_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_resume_restores_rdrw_state_and_matches_uninterrupted(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     """4 steps straight vs 2 steps (checkpoint at 2, with RDRW state), then --resume to 4: same RDRW window
     count and quartiles, same final parameters (float tolerance). A constant learning rate, so the 2-step run's
     schedule is the 4-step run's."""
@@ -129,7 +130,7 @@ def test_resume_restores_rdrw_state_and_matches_uninterrupted(sft_checkpoint, tm
         torch.testing.assert_close(sa[k], sb[k], atol=1e-5, rtol=1e-4)
 
 
-def test_ablation_switches_only_for_rad_dpo(sft_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ablation_switches_only_for_rad_dpo(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     sft, samples = sft_checkpoint
     with pytest.raises(ValueError, match="ablations"):
         _cfg("simpo", sft, samples, tmp_path / "x", rad=RadDpoConfig(tlgd=False))
@@ -139,7 +140,7 @@ def test_ablation_switches_only_for_rad_dpo(sft_checkpoint, tmp_path: Path) -> N
     assert cfg.variant == "rad-dpo-no-tlgd-no-ml-sft"
 
 
-def test_cli_train_align(sft_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_train_align(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     from cli.main import main
 
     sft, samples = sft_checkpoint

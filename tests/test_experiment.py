@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ from training.experiment import VARIANTS
 from training.experiment_report import PAPER_NAMES, aggregate, mean_std, shape_checks
 
 
-def _entry(r10: float, mrr: float, halluc: float = 0.1) -> dict:  # type: ignore[type-arg]
+def _entry(r10: float, mrr: float, halluc: float = 0.1) -> dict[str, Any]:
     return {"hallucination_rate": halluc, "metrics": {"item": {"recall@10": r10, "mrr": mrr},
                                                       "sid": {"recall@8": r10, "mrr": mrr}}}
 
@@ -51,7 +52,7 @@ def test_cli_default_rows_and_report_names_match_variants() -> None:
 
 
 @pytest.fixture
-def tiny_world(tmp_path: Path, tiny_lm_factory):  # type: ignore[no-untyped-def]
+def tiny_world(tmp_path: Path, tiny_lm_factory: Any) -> tuple[Path, Path, Path]:
     """A 40-item index over codebooks (4, 4, 4), 24 train and 6 test samples whose codes are valid SIDs, and an
     'SFT' checkpoint (a random tiny model)."""
     from decoding.prompt import PROMPT_VERSION
@@ -90,7 +91,7 @@ def tiny_world(tmp_path: Path, tiny_lm_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_paper_table_tiny_end_to_end(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_paper_table_tiny_end_to_end(tiny_world: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """`radgr experiment paper-table --config tiny --seeds 2`: every row, mean ± std, claims, PNG; rerunning reuses
     the finished runs (no retraining: same numbers, far faster)."""
     from cli.main import main
@@ -121,7 +122,7 @@ def test_paper_table_tiny_end_to_end(tiny_world, tmp_path: Path) -> None:  # typ
     assert json.loads((out / "paper_table.json").read_text())["aggregate"] == doc["aggregate"]
 
 
-def test_paper_table_bad_config_names_field(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_paper_table_bad_config_names_field(tiny_world: tuple[Path, Path, Path], tmp_path: Path) -> None:
     from cli.main import main
 
     samples, index, sft = tiny_world

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,9 +17,11 @@ from cli.main import main
 from decoding.bundle import read_manifest
 from decoding.prompt import PROMPT_VERSION
 
+Run = tuple[TinyInputs, Path, Path, Path]  # the fixture: inputs, RUN_DIR/final, samples dir, eval JSON
+
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyInputs, Path, Path, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A fake training run: RUN_DIR/final (model dir + radgr_train.json), a samples dir, an eval JSON."""
     root = tmp_path_factory.mktemp("run")
     inputs = make_tiny_inputs(root / "inputs")
@@ -36,13 +39,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyInputs, Path, Pat
     return inputs, final, samples, metrics
 
 
-def _export(run: tuple[TinyInputs, Path, Path, Path], out: Path, *extra: str) -> int:
+def _export(run: Run, out: Path, *extra: str) -> int:
     inputs, final, samples, metrics = run
     return main(["export", "--checkpoint", str(final), "--index", str(inputs.index_dir), "--samples", str(samples),
                  "--out", str(out), "--metrics", str(metrics), *extra])
 
 
-def test_export_then_verify_records_provenance(run, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_export_then_verify_records_provenance(run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bundle"
     assert _export(run, out) == 0
     assert main(["bundle", "verify", str(out)]) == 0
@@ -63,7 +66,7 @@ def test_export_then_verify_records_provenance(run, tmp_path: Path, capsys) -> N
     assert main(["bundle", "verify", str(out)]) == 0
 
 
-def test_export_refuses_other_prompt_version(run, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_export_refuses_other_prompt_version(run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inputs, final, samples, _ = run
     other = Path(shutil.copytree(final, tmp_path / "final"))
     info = json.loads((other / "radgr_train.json").read_text())
@@ -74,7 +77,7 @@ def test_export_refuses_other_prompt_version(run, tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "b").exists()
 
 
-def _teacher_forced(model, prompt_ids: list[int], sid_ids: list[int]) -> float:  # type: ignore[no-untyped-def]
+def _teacher_forced(model: Any, prompt_ids: list[int], sid_ids: list[int]) -> float:
     """Sum over the 3 SID tokens of log-softmax over the full vocabulary, given the prompt (plain forward)."""
     ids = torch.tensor([prompt_ids + sid_ids])
     with torch.no_grad():
@@ -84,7 +87,7 @@ def _teacher_forced(model, prompt_ids: list[int], sid_ids: list[int]) -> float: 
     return float(sum(logp[n - 1 + j, tok] for j, tok in enumerate(sid_ids)))
 
 
-def test_served_scores_equal_teacher_forcing_of_the_exported_model(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_served_scores_equal_teacher_forcing_of_the_exported_model(run: Run, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from server.app import create_app

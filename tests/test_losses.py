@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -100,7 +101,8 @@ def test_multi_label_sft_by_hand() -> None:
     assert multi_label_sft_loss(pos, torch.tensor([[True, True, False]])).item() == pytest.approx(1.0)
 
 
-def _session(neg_means: list[float], pos_means: list[float] = (-0.5, -1.5)):  # type: ignore[no-untyped-def]
+def _session(neg_means: Sequence[float],
+             pos_means: Sequence[float] = (-0.5, -1.5)) -> tuple[torch.Tensor, torch.Tensor]:
     pos = torch.tensor([[_tok(m) for m in pos_means]], requires_grad=True)
     neg = torch.tensor([[_tok(m) for m in neg_means]], requires_grad=True)
     return pos, neg
@@ -207,6 +209,6 @@ def test_same_sid_negative_is_skipped_and_empty_rows_are_zero() -> None:
     (DpoConfig, {"beta": 0.0}, "beta"), (SimpoConfig, {"gamma": -1.0}, "gamma"), (OrpoConfig, {"lam": -0.1}, "lam"),
     (RadDpoConfig, {"beta": -2.0}, "beta"), (RadDpoConfig, {"lambda_sft": -1.0}, "lambda_sft"),
 ])
-def test_config_validation_names_field(cls, kwargs, field) -> None:  # type: ignore[no-untyped-def]
+def test_config_validation_names_field(cls: type, kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         cls(**kwargs)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ from training.packing import (
 SIZES = (4, 4, 4)
 
 
-def _random_sessions(tok, n_cands: list[int], seed: int = 0):  # type: ignore[no-untyped-def]
+def _random_sessions(tok: Any, n_cands: list[int],
+                     seed: int = 0) -> tuple[list[list[int]], list[list[tuple[int, ...]]]]:
     from decoding.sid_vocab import SidVocab
 
     vocab = SidVocab.from_tokenizer(tok, SIZES)
@@ -58,7 +60,7 @@ def test_mask_layout_by_hand() -> None:
     assert float(batch.attention_mask.min()) == torch.finfo(torch.float32).min
 
 
-def test_packed_equals_separate_encoding_single_session(tiny_lm_factory) -> None:  # type: ignore[no-untyped-def]
+def test_packed_equals_separate_encoding_single_session(tiny_lm_factory: Any) -> None:
     model, tok = tiny_lm_factory(SIZES, seed=1)
     prompts, cands = _random_sessions(tok, [5], seed=3)
     out = packed_forward(model, pack_sessions(prompts, cands, pad_id=tok.pad_token_id))
@@ -68,7 +70,7 @@ def test_packed_equals_separate_encoding_single_session(tiny_lm_factory) -> None
     assert out.token_logps.shape == (1, 5, CANDIDATE_LEN)
 
 
-def test_packed_batch_with_different_candidate_counts(tiny_lm_factory) -> None:  # type: ignore[no-untyped-def]
+def test_packed_batch_with_different_candidate_counts(tiny_lm_factory: Any) -> None:
     """Sessions with 1, 6 and 3 candidates and different prompt lengths in one batch: padding candidates are
     invalid and zero, no NaN anywhere, every real candidate equals its separate encoding."""
     model, tok = tiny_lm_factory(SIZES, seed=2)
@@ -84,7 +86,7 @@ def test_packed_batch_with_different_candidate_counts(tiny_lm_factory) -> None: 
         assert out.token_logps[b, c:].abs().sum() == 0
 
 
-def test_packed_equals_separate_in_float64_exactly_enough(tiny_lm_factory) -> None:  # type: ignore[no-untyped-def]
+def test_packed_equals_separate_in_float64_exactly_enough(tiny_lm_factory: Any) -> None:
     model, tok = tiny_lm_factory(SIZES, seed=4)
     model = model.double()
     prompts, cands = _random_sessions(tok, [2, 4], seed=9)
@@ -94,7 +96,7 @@ def test_packed_equals_separate_in_float64_exactly_enough(tiny_lm_factory) -> No
         torch.testing.assert_close(out.token_logps[b, : len(cands[b])], ref_lp, atol=1e-10, rtol=1e-10)
 
 
-def test_sequence_forward_equals_reference(tiny_lm_factory) -> None:  # type: ignore[no-untyped-def]
+def test_sequence_forward_equals_reference(tiny_lm_factory: Any) -> None:
     model, tok = tiny_lm_factory(SIZES, seed=6)
     prompts, cands = _random_sessions(tok, [3, 2], seed=11)
     flat_p = [prompts[b] for b in range(2) for _ in cands[b]]
@@ -104,7 +106,7 @@ def test_sequence_forward_equals_reference(tiny_lm_factory) -> None:  # type: ig
     torch.testing.assert_close(out.token_logps[:, 0], ref, atol=2e-5, rtol=1e-5)
 
 
-def test_packed_gradients_match_separate(tiny_lm_factory) -> None:  # type: ignore[no-untyped-def]
+def test_packed_gradients_match_separate(tiny_lm_factory: Any) -> None:
     """The gradient of the summed log-probs is the same packed and pairwise (the mask isolates blocks)."""
     model, tok = tiny_lm_factory(SIZES, seed=7)
     prompts, cands = _random_sessions(tok, [3, 1], seed=2)
@@ -123,6 +125,6 @@ def test_packed_gradients_match_separate(tiny_lm_factory) -> None:  # type: igno
     [([[]], [[(1, 2, 3, 4)]], "prompt"), ([[1]], [[]], "candidates"), ([[1]], [[(1, 2, 3)]], "4 token ids"),
      ([[1], [2]], [[(1, 2, 3, 4)]], "same length")],
 )
-def test_bad_input_names_field(prompts, cands, msg) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_names_field(prompts: list[list[int]], cands: list[list[tuple[int, ...]]], msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         pack_sessions(prompts, cands, pad_id=0)

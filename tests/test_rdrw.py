@@ -81,7 +81,7 @@ def test_state_round_trip_and_resume_is_seamless() -> None:
 
 @pytest.mark.parametrize(("kwargs", "field"), [({"window": 2}, "window"), ({"w_min": 0.0}, "w_min"),
                                                ({"k": 0.0}, "k"), ({"eps": 0.0}, "eps")])
-def test_config_validation_names_field(kwargs, field) -> None:  # type: ignore[no-untyped-def]
+def test_config_validation_names_field(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         RdrwConfig(**kwargs)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_tiny_model, make_tiny_tokenizer
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from decoding.sid_vocab import SidVocab
 from training.batching import ListDataset, pad_left
@@ -35,7 +35,7 @@ def _examples(n: int, tok: Any, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def _setup(n: int = 8, seed: int = 0):  # type: ignore[no-untyped-def]
+def _setup(n: int = 8, seed: int = 0) -> tuple[Any, Any, list[dict[str, Any]]]:
     tok = make_tiny_tokenizer(SIZES, words=["a", "b", "c", "drill", "tape"])
     model = make_tiny_model(len(tok), seed=seed).train()
     return tok, model, _examples(n, tok)
@@ -122,7 +122,8 @@ class _Stop(TrainerCallback):
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl:
         if state.global_step >= self.at:
             control.should_training_stop = True
         return control
@@ -136,7 +137,7 @@ class _CountingTrainer(SftTrainer):
         self.seen = 0
         self.loaded: dict | None = None
 
-    def compute_loss_sum(self, model, inputs):  # type: ignore[no-untyped-def]
+    def compute_loss_sum(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         self.seen += 1
         return super().compute_loss_sum(model, inputs)
 
@@ -196,7 +197,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
 def test_missing_num_units_is_a_clear_error(tmp_path: Path) -> None:
     tok, model, rows = _setup(4)
 
-    def collate(features):  # type: ignore[no-untyped-def]
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
         b = SftCollator(int(tok.pad_token_id))(features)
         del b["num_units"]
         return b
