@@ -62,7 +62,9 @@ class ItemHit:
 class RetrievalResult:
     sids: list[SidHit]
     items: list[ItemHit]
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: prefill, decode, finalize
+    # seconds per phase (prefill, decode, masking or host, finalize) plus counts named as such: chunk_requests
+    # (torch: requests sharing the chunk), requests (vllm: one-token engine requests submitted for the batch)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class RetrievalEngine(Protocol):

@@ -37,6 +37,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -270,6 +271,15 @@ def _processor_class() -> type:
 
 
 # ---------------------------------------------------------------------------------------------- the engine
+def _context_length(model_dir: Path, wanted: int) -> int:
+    """``wanted``, capped by the model's ``max_position_embeddings`` (vLLM refuses a longer context)."""
+    try:
+        limit = int(json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings", wanted))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model directory {str(model_dir)!r} has no readable config.json: {exc}") from exc
+    return min(wanted, limit)
+
+
 @dataclass
 class _Beams:
     """Live beams of every request, flat: request ``req[i]``, tokens ``tokens[i, :level]``, node, score."""
@@ -295,6 +305,7 @@ class VllmBeamEngine:
         self.vocab = vocab
         self.index = index
         self.trie = TrieLevels.from_tables(index.tables)
+        self.max_model_len = _context_length(Path(model_dir), self.config.max_model_len)
         self._offsets = np.asarray(vocab.offsets, dtype=np.int64)
         self._sizes = np.asarray(vocab.sizes, dtype=np.int64)
         cfg = self.config
@@ -303,7 +314,7 @@ class VllmBeamEngine:
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(
-            model=str(model_dir), tokenizer=str(model_dir), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+            model=str(model_dir), tokenizer=str(model_dir), dtype=cfg.dtype, max_model_len=self.max_model_len,
             enforce_eager=True, enable_prefix_caching=True, block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs,
             max_logprobs=cfg.max_logprobs, seed=cfg.seed, distributed_executor_backend="uni",
             logprobs_mode="processed_logits" if processor else "raw_logprobs",
@@ -339,9 +350,9 @@ class VllmBeamEngine:
             if bad.size:
                 raise ValueError(f"requests[{i}].prompt_ids must be token ids in [0, {self._vocab_size}), "
                                  f"given {int(bad[0])}")
-            if len(ids) + NUM_LEVELS > self.config.max_model_len:
-                raise ValueError(f"requests[{i}].prompt_ids must hold at most {self.config.max_model_len - NUM_LEVELS}"
-                                 f" tokens (max_model_len {self.config.max_model_len}), given {len(ids)}")
+            if len(ids) + NUM_LEVELS > self.max_model_len:
+                raise ValueError(f"requests[{i}].prompt_ids must hold at most {self.max_model_len - NUM_LEVELS} "
+                                 f"tokens (max_model_len {self.max_model_len}), given {len(ids)}")
         if not requests:
             return []
         widths = np.asarray([r.beam_width for r in requests], dtype=np.int64)

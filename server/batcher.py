@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 RunBatch = Callable[[Sequence[RetrievalRequest]], list[RetrievalResult]]
 DEAD_AFTER_FAILURES = 3
-ENGINE_PHASES = ("prefill", "decode", "masking", "finalize")  # timings keys observed per phase (seconds)
+ENGINE_PHASES = ("prefill", "decode", "masking", "host", "finalize")  # timings keys observed per phase (seconds)
 
 
 class QueueFull(Exception):

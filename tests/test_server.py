@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import require_vllm
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_bundle_fixtures import make_tiny_bundle
@@ -25,12 +26,20 @@ from server.settings import ServerSettings
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("srv"))
+    return make_tiny_bundle(tmp_path_factory.mktemp("srv"), hidden=128)  # head_dim 32: vLLM's CPU attention
+
+
+@pytest.fixture(scope="module", params=["torch", "vllm"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """The engine contract tests run on both engines (vLLM: skipped where not installed, except in CI)."""
+    if request.param == "vllm":
+        require_vllm()
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def client(bundle: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(ServerSettings(bundle=bundle, max_body_bytes=4096))) as c:
+def client(bundle: Path, engine_kind: str) -> Iterator[TestClient]:
+    with TestClient(create_app(ServerSettings(bundle=bundle, max_body_bytes=4096, engine=engine_kind))) as c:
         yield c
 
 
@@ -63,7 +72,8 @@ def test_200_ranked_items_sids_history_and_debug(client: TestClient) -> None:
                                        "beam_width": 8, "debug": True})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["engine"] == "torch" and body["model"] == "tiny-test" and body["user_id"] == "u1"
+    assert body["engine"] == client.app.state.serving.engine.name and body["model"] == "tiny-test"
+    assert body["user_id"] == "u1"
     assert body["unknown_history_item_ids"] == ["nope"]
     # hard search keeps the query's category ("drill": even item numbers), most recent first
     assert body["used_history_item_ids"] == ["item004", "item002"]
@@ -226,9 +236,9 @@ def test_503_when_queued_beam_rows_exceed_the_budget(bundle: Path) -> None:
         assert ok.result().status_code == 200
 
 
-def test_504_past_the_deadline_even_while_the_batch_runs(bundle: Path) -> None:
+def test_504_past_the_deadline_even_while_the_batch_runs(bundle: Path, engine_kind: str) -> None:
     engines: list[GatedEngine] = []
-    app = create_app(ServerSettings(bundle=bundle, request_timeout_s=0.3, max_wait_ms=0),
+    app = create_app(ServerSettings(bundle=bundle, request_timeout_s=0.3, max_wait_ms=0, engine=engine_kind),
                      engine_factory=gated_factory(engines))
     with serve_in_thread(app) as url:
         engines[0].hold()
@@ -255,9 +265,9 @@ def test_504_past_the_deadline_even_while_the_batch_runs(bundle: Path) -> None:
         assert ok.status_code == 200
 
 
-def test_identical_concurrent_requests_and_batched_equals_alone(bundle: Path) -> None:
+def test_identical_concurrent_requests_and_batched_equals_alone(bundle: Path, engine_kind: str) -> None:
     engines: list[GatedEngine] = []
-    app = create_app(ServerSettings(bundle=bundle, max_wait_ms=200, max_batch_requests=8),
+    app = create_app(ServerSettings(bundle=bundle, max_wait_ms=200, max_batch_requests=8, engine=engine_kind),
                      engine_factory=gated_factory(engines))
     target = {"query": "cordless drill", "history": ["item002", "item004"], "beam_width": 16, "top_k": 20}
     others = [{"query": q, "history": h, "beam_width": w} for q, h, w in
@@ -279,7 +289,7 @@ def test_identical_concurrent_requests_and_batched_equals_alone(bundle: Path) ->
     assert same[0]["sids"] == same[1]["sids"] == same[2]["sids"]
 
 
-def test_metrics_parse_and_move(client: TestClient) -> None:
+def test_metrics_parse_and_move(client: TestClient, engine_kind: str) -> None:
     before = client.get("/metrics")
     assert before.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(before.text)}
@@ -293,22 +303,22 @@ def test_metrics_parse_and_move(client: TestClient) -> None:
                       if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"})
     assert buckets[0] == 0.005 and 1.0 in buckets and sum(b <= 1.0 for b in buckets) >= 15
     ok_before = _metric(before.text, "radgr_requests_total", {"status": "200"})
-    engine_before = _metric(before.text, "radgr_engine_seconds_count", {"phase": "prefill", "engine": "torch"})
+    engine_before = _metric(before.text, "radgr_engine_seconds_count", {"phase": "prefill", "engine": engine_kind})
     assert client.post("/retrieve", json={"query": "q", "beam_width": 4}).status_code == 200
     assert client.post("/retrieve", json={"query": "q", "beam_width": 999}).status_code == 422
     after = client.get("/metrics").text
     assert _metric(after, "radgr_requests_total", {"status": "200"}) == ok_before + 1
     assert _metric(after, "radgr_requests_total", {"status": "422"}) >= 1
-    assert _metric(after, "radgr_engine_seconds_count", {"phase": "prefill", "engine": "torch"}) > engine_before
+    assert _metric(after, "radgr_engine_seconds_count", {"phase": "prefill", "engine": engine_kind}) > engine_before
     assert _metric(after, "radgr_invalid_sids_total") == 0
-    assert _metric(after, "radgr_build_info", {"engine": "torch", "model": "tiny-test"}) == 1
+    assert _metric(after, "radgr_build_info", {"engine": engine_kind, "model": "tiny-test"}) == 1
 
 
-def test_client_disconnects_are_dropped_before_the_model(bundle: Path) -> None:
+def test_client_disconnects_are_dropped_before_the_model(bundle: Path, engine_kind: str) -> None:
     """Many clients give up while their requests wait; they never reach the model, and a normal request after
     them is served in time."""
     engines: list[GatedEngine] = []
-    app = create_app(ServerSettings(bundle=bundle, max_wait_ms=0, max_queue_requests=64),
+    app = create_app(ServerSettings(bundle=bundle, max_wait_ms=0, max_queue_requests=64, engine=engine_kind),
                      engine_factory=gated_factory(engines))
     with serve_in_thread(app) as url:
         gate = engines[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import require_vllm
 from prometheus_client.parser import text_string_to_metric_families
 from test_bundle_fixtures import make_tiny_bundle
 from test_server_fixtures import free_port
@@ -53,12 +54,15 @@ def _queued(url: str) -> float:
 
 
 @pytest.mark.slow
-def test_sigterm_drains_in_flight_refuses_new_and_exits(tmp_path: Path) -> None:
-    bundle = make_tiny_bundle(tmp_path)
+@pytest.mark.parametrize("engine", ["torch", "vllm"])
+def test_sigterm_drains_in_flight_refuses_new_and_exits(tmp_path: Path, engine: str) -> None:
+    if engine == "vllm":
+        require_vllm()
+    bundle = make_tiny_bundle(tmp_path, hidden=128)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # a long batching wait keeps requests in flight (queued) while the signal arrives
-    proc = _start(bundle, port, "--max-wait-ms", "2500", "--max-batch-requests", "64")
+    proc = _start(bundle, port, "--max-wait-ms", "2500", "--max-batch-requests", "64", "--engine", engine)
     try:
         _wait_ready(url, proc)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
