@@ -6,9 +6,9 @@ Command: ``radgr train align --method dpo|simpo|orpo|rad-dpo [--no-tlgd --no-rdr
 
 Contract
 --------
-- Data: ``samples/train.parquet`` (``training.data.samples.read_samples``). Sessions with at least one positive and
-  one negative are used; prompts are encoded with ``decoding.prompt.encode_prompt`` by the SFT run's tokenizer;
-  candidates are ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS).
+- Data: ``samples/train.parquet`` (``training.data.sample_format.read_samples``). Sessions with at least one
+  positive and one negative are used; prompts are encoded (``training.prompt_ids.PromptIds``) by the SFT run's
+  tokenizer; candidates are ``SidVocab.candidate_ids(codes)`` (3 SID tokens + EOS).
 - One **unit** of the loss (the engine's accumulation-exact average, ``training.trainer``) is a *pair* for the
   baselines and a *session* for RAD-DPO. ``--batch-size`` counts sessions for every method; a baseline's batch is
   those sessions' pairwise decomposition (``training.align_collators.PairCollator``: every (y⁺, y⁻), each side

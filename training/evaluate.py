@@ -94,7 +94,7 @@ class Ranking:
 
 
 def targets_from_samples(samples: Sequence[Any], index: Any) -> list[SessionTargets]:
-    """Targets of ``training.data.samples.Sample`` rows; positive SIDs come from ``positive_codes``."""
+    """Targets of ``training.data.sample_format.Sample`` rows; positive SIDs come from ``positive_codes``."""
     out = []
     for s in samples:
         check_prompt_version(s)

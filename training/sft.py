@@ -59,7 +59,7 @@ class SftPairs:
 
 
 def sft_pairs(samples: Sequence[Any]) -> SftPairs:
-    """Every (prompt, positive) pair of ``training.data.samples.Sample`` rows, in file order."""
+    """Every (prompt, positive) pair of ``training.data.sample_format.Sample`` rows, in file order."""
     prompts: list[str] = []
     codes: list[tuple[int, int, int]] = []
     for s in samples:
@@ -71,7 +71,7 @@ def sft_pairs(samples: Sequence[Any]) -> SftPairs:
 
 
 def read_sft_pairs(path: str | Path) -> SftPairs:
-    """Every (prompt, positive) pair of a samples Parquet file (``training.data.samples.read_samples``)."""
+    """Every (prompt, positive) pair of a samples Parquet file (``training.data.sample_format.read_samples``)."""
     from training.data.sample_format import read_samples
 
     path = Path(path)
