@@ -103,12 +103,14 @@ def eval_command(
     hallucination: bool = typer.Option(True, "--hallucination/--no-hallucination",
                                        help="Also decode without the trie to measure hallucination."),
     out: Path | None = typer.Option(None, "--out", help="Report JSON (plus .md table and .png chart)."),
+    engine: str = typer.Option("auto", "--engine", envvar="RADGR_ENGINE",
+                               help="auto (vLLM where installed, else PyTorch), torch or vllm."),
 ) -> int:
     """Offline evaluation: item/SID Recall and MRR, hallucination rate; optional popularity baseline."""
     from training.evaluate import EvalConfig, EvalRun, markdown_table, run_eval, write_report
 
     try:
-        run = EvalRun(index_dir=index, samples_dir=samples, model_dir=model, baseline=baseline,
+        run = EvalRun(index_dir=index, samples_dir=samples, model_dir=model, baseline=baseline, engine=engine,
                       eval=EvalConfig(beam_width=beam_width, top_k=top_k, batch_size=batch_size, limit=limit,
                                       hallucination=hallucination))
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -130,3 +131,46 @@ def test_config_bounds_name_the_field() -> None:
     with pytest.raises(ValueError, match="scoring"):
         VllmEngineConfig(**cast(dict[str, Any], {"scoring": "grammar"}))
 
+
+
+def test_radgr_eval_engine_vllm_equals_engine_torch(bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    """``radgr eval --engine vllm`` and ``--engine torch`` give the same metrics on the same model and samples."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cli.main import main
+    from decoding.prompt import PROMPT_VERSION
+    from training.data.sample_format import Sample, samples_to_batch
+
+    big = bundles["big"]
+    index = big.index
+    rng = np.random.default_rng(4)
+    words = ["a", "b", "c", "drill", "tape", "saw", "glue", "cordless", "roll"]
+    samples = []
+    for i in range(12):
+        pos = [int(k) for k in rng.choice(index.num_items, size=2, replace=False)]
+        codes = tuple(tuple(int(c) for c in index.sid_codes[index.item_sid_row[k]]) for k in pos)
+        samples.append(Sample(
+            session_id=f"t{i}", day=2, split="test", prompt=f"query: {' '.join(rng.choice(words, size=1 + i % 4))}",
+            prompt_version=PROMPT_VERSION, positive_items=tuple(index.item_ids[k] for k in pos),
+            positive_codes=codes, top_index=0, negative_items=(), negative_codes=(), negative_relevant=None,
+            relevant_items=tuple(index.item_ids[k] for k in pos), relevant_grades=(2, 1)))
+    samples_dir = tmp_path / "samples"
+    samples_dir.mkdir()
+    pq.write_table(pa.Table.from_batches([samples_to_batch(samples)]), samples_dir / "test.parquet")
+    reports = {}
+    for engine in ("torch", "vllm"):
+        out = tmp_path / f"eval-{engine}.json"
+        argv = ["eval", "--model", str(big.model_dir), "--index", str(big.path / INDEX_DIR), "--samples",
+                str(samples_dir), "--engine", engine, "--top-k", "50", "--out", str(out)]
+        assert main(argv) == 0
+        reports[engine] = json.loads(out.read_text())
+    (torch_entry,), (vllm_entry,) = reports["torch"]["results"], reports["vllm"]["results"]
+    assert torch_entry["engine"] == "torch" and vllm_entry["engine"] == "vllm"
+    assert torch_entry["metrics"]["sessions"] == 12
+    for key in ("item", "sid"):
+        for metric, value in torch_entry["metrics"][key].items():
+            assert vllm_entry["metrics"][key][metric] == pytest.approx(value, abs=1e-9), (key, metric)
+    assert vllm_entry["hallucination_rate"] == pytest.approx(torch_entry["hallucination_rate"], abs=1e-9)

@@ -28,11 +28,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from decoding.engine import MAX_BEAM_WIDTH, RetrievalEngine, RetrievalRequest, RetrievalResult
+from decoding.engine_factory import ENGINE_KINDS, EngineKind
 from decoding.items import expand_items
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
@@ -303,27 +304,37 @@ class EvalRun:
     model_dir: Path | None = None
     baseline: str | None = None
     eval: EvalConfig = EvalConfig()
+    engine: str = "auto"  # decoding.engine_factory: auto (vLLM where installed) | torch | vllm
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINE_KINDS:
+            raise ValueError(f"engine must be one of {', '.join(ENGINE_KINDS)}, given {self.engine!r}")
         if self.model_dir is None and self.baseline is None:
             raise ValueError("give a model (--model) or a baseline (--baseline popularity), given neither")
         if self.baseline is not None and self.baseline != "popularity":
             raise ValueError(f"baseline must be 'popularity', given {self.baseline!r}")
 
 
-def load_engine(model_dir: Path, index: Any) -> tuple[RetrievalEngine, Any]:
-    """(TorchBeamEngine, tokenizer) of a model directory."""
+def load_engine(model_dir: Path, index: Any, index_dir: Path, engine: str = "auto") -> tuple[RetrievalEngine, Any]:
+    """(engine, tokenizer) of a model directory; ``engine`` as :func:`decoding.engine_factory.build_engine` takes
+    it (the Hugging Face model is loaded only for the PyTorch engine; vLLM loads the directory itself)."""
+    import json
+
     from transformers import AutoTokenizer
 
+    from decoding.engine_factory import EngineOptions, build_engine, needs_hf_model
     from decoding.sid_vocab import SidVocab
-    from decoding.torch_engine import TorchBeamEngine
     from training.model import load_model
 
-    model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    vocab = SidVocab.from_tokenizer(tokenizer, index.codebook_sizes,
-                                    vocab_size=model.get_input_embeddings().num_embeddings)
-    return TorchBeamEngine(model, vocab, index), tokenizer
+    model = load_model(model_dir) if needs_hf_model(engine) else None
+    if model is not None:
+        vocab_size = int(model.get_input_embeddings().num_embeddings)
+    else:
+        vocab_size = int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
+    vocab = SidVocab.from_tokenizer(tokenizer, index.codebook_sizes, vocab_size=vocab_size)
+    options = EngineOptions(kind=cast(EngineKind, engine))  # EngineOptions validates the value
+    return build_engine(options, model_dir, index, index_dir, vocab, model=model), tokenizer
 
 
 def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] | None = None
@@ -337,7 +348,7 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     targets = load_test_targets(run.samples_dir, index, run.eval.limit)
     entries: list[dict[str, Any]] = []
     if run.model_dir is not None:
-        engine, tokenizer = load_engine(run.model_dir, index)
+        engine, tokenizer = load_engine(run.model_dir, index, run.index_dir, run.engine)
         passes = 2 if run.eval.hallucination else 1
         prog = progress_factory("decoding", passes * len(targets)) if progress_factory else None
         rep = evaluate_engine(engine, tokenizer, targets, run.eval, progress=prog)

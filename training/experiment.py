@@ -136,10 +136,12 @@ class ExperimentConfig:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def _evaluate(model_dir: Path, index: Any, targets: Any, eval_cfg: EvalConfig) -> dict[str, Any]:
+def _evaluate(model_dir: Path, index: Any, index_dir: Path, targets: Any, eval_cfg: EvalConfig) -> dict[str, Any]:
     from training.evaluate import evaluate_engine, load_engine
 
-    engine, tokenizer = load_engine(model_dir, index)
+    # the paper table runs dozens of evaluations: the PyTorch engine batches whole requests and is the faster of the
+    # two on CPU; both engines give the same SIDs (tests/test_vllm_engine.py)
+    engine, tokenizer = load_engine(model_dir, index, index_dir, engine="torch")
     return evaluate_engine(engine, tokenizer, targets, eval_cfg)
 
 
@@ -193,7 +195,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
                                         rdrw=RdrwConfig(window=preset.rdrw_window), limit=preset.train_limit)
                 model_dir = run_align(align_cfg)
             t_eval = time.time()
-            entry = _evaluate(model_dir, index, targets, eval_cfg)
+            entry = _evaluate(model_dir, index, cfg.index_dir, targets, eval_cfg)
             entry.update({"variant": variant, "seed": seed, "model": str(model_dir),
                           "train_seconds": t_eval - t_run, "eval_seconds": time.time() - t_eval})
             write_json_atomic(eval_path, {"settings": key, "entry": entry}, indent=1, sort_keys=False)
