@@ -37,6 +37,7 @@ Contract:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -55,6 +56,7 @@ from sid_index.prefix_tables import PrefixTables
 from sid_index.tokens import NUM_LEVELS
 
 Scoring = Literal["processor", "token_ids"]
+Driver = Literal["core", "llm"]
 EXTRA_ARGS_KEY = "radgr_sid"
 CONFIG_KEY = "radgr"
 MAX_TOKEN_IDS_PER_REQUEST = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
@@ -72,6 +74,7 @@ class VllmEngineConfig:
     max_num_seqs: int = 256
     max_logprobs: int = MAX_BEAM_WIDTH
     scoring: Scoring = "processor"
+    driver: Driver = "core"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,6 +95,8 @@ class VllmEngineConfig:
                              f"given {self.max_logprobs}")
         if self.scoring not in ("processor", "token_ids"):
             raise ValueError(f"scoring must be 'processor' or 'token_ids', given {self.scoring!r}")
+        if self.driver not in ("core", "llm"):
+            raise ValueError(f"driver must be 'core' or 'llm', given {self.driver!r}")
 
 
 def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
@@ -147,7 +152,8 @@ class TrieLevels:
 
     def child_count(self, depth: int, nodes: np.ndarray) -> np.ndarray:
         ptr = self.indptr[depth]
-        return ptr[nodes + 1] - ptr[nodes]
+        counts: np.ndarray = ptr[nodes + 1] - ptr[nodes]
+        return counts
 
     def children(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(owner [T], child [T])``: every child of ``nodes`` (in order), owner = position in ``nodes``."""
@@ -223,7 +229,11 @@ def _processor_class() -> type:
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
             setup = _load_processor_setup(dict(vllm_config.additional_config or {}))
             self.active = setup is not None
-            self.trie, self.offsets, self.eos_id = setup if setup is not None else (None, (), -1)
+            self.trie: TrieLevels | None = None
+            self.offsets: tuple[int, ...] = ()
+            self.eos_id = -1
+            if setup is not None:
+                self.trie, self.offsets, self.eos_id = setup
             self.state: dict[int, tuple[int, int, bool]] = {}
             self.device = device
 
@@ -326,6 +336,12 @@ class VllmBeamEngine:
         )
         self._vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._params_cache: dict[tuple[int, int, int, bool], Any] = {}
+        self._request_counter = itertools.count()
+        if cfg.driver == "core":
+            from vllm.v1.engine import EngineCoreRequest
+
+            self._core_request = EngineCoreRequest
+            self._core = self.llm.llm_engine.engine_core  # the in-process client (InprocClient)
 
     # -- sampling parameters, built once per (level, node, fan-out, mode) and never cloned
     def _params(self, depth: int, node: int, k: int, constrained: bool) -> Any:
@@ -378,24 +394,67 @@ class VllmBeamEngine:
         timings = {**times, "finalize": time.perf_counter() - t4, "requests": float(submitted)}
         return [RetrievalResult(sids=s, items=it, timings=dict(timings)) for s, it in results]
 
-    def _generate(self, prompts: list[Any], params: list[Any], token_lists: list[list[int] | None]) -> list[Any]:
-        """One ``generate`` call; with ``token_ids`` scoring, the rows asking for top-k log-probs go in a call of
-        their own (vLLM returns only the sampled token's log-prob for them when a batch mixes the two kinds)."""
+    def _generate(self, prompts: list[list[int]], params: list[Any], token_lists: list[list[int] | None]
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(token ids, log-probs)`` of every one-token request, in order. With ``token_ids`` scoring the requests
+        asking for top-k log-probs run in a round of their own (vLLM returns only the sampled token's log-prob for
+        them when one engine step mixes the two kinds)."""
+        run = self._run_core if self.config.driver == "core" else self._run_llm
         split = [i for i, t in enumerate(token_lists) if t is None]
         if self.config.scoring == "processor" or not split or len(split) == len(prompts):
-            return list(self.llm.generate(prompts, params, use_tqdm=False))
+            return run(prompts, params)
         rest = [i for i, t in enumerate(token_lists) if t is not None]
-        out: list[Any] = [None] * len(prompts)
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(prompts)
         for rows in (split, rest):
-            got = self.llm.generate([prompts[i] for i in rows], [params[i] for i in rows], use_tqdm=False)
+            got = run([prompts[i] for i in rows], [params[i] for i in rows])
             for i, o in zip(rows, got, strict=True):
                 out[i] = o
         return out
 
+    def _run_llm(self, prompts: list[list[int]], params: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The public path: ``LLM.generate`` (input processing, detokeniser-free output processing, flat log-probs)."""
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        got = []
+        for out in outs:
+            lp = out.outputs[0].logprobs
+            s, e = lp.start_indices[0], lp.end_indices[0]
+            got.append((np.asarray(lp.token_ids[s:e], dtype=np.int64), np.asarray(lp.logprobs[s:e], dtype=np.float64)))
+        return got
+
+    def _run_core(self, prompts: list[list[int]], params: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One level lower: ``EngineCoreRequest`` straight into the in-process engine core, log-prob arrays straight
+        out of ``EngineCoreOutput.new_logprobs`` (binds to ``vllm.v1.engine``: docs/decoding.md "vLLM internals").
+
+        Skips ``InputProcessor.process_inputs`` (parameter copy and validation; ours are built within the engine's
+        bounds) and the output processor (``RequestOutput`` and log-prob dict building)."""
+        now = time.time()
+        pos: dict[str, int] = {}
+        for i, (ids, sp) in enumerate(zip(prompts, params, strict=True)):
+            rid = f"radgr-{next(self._request_counter)}"
+            pos[rid] = i
+            self._core.add_request(self._core_request(rid, ids, None, sp, None, now, None, None, None))
+        got: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(prompts)
+        try:
+            while pos:
+                outputs = self._core.get_output().outputs
+                if not outputs and not self.llm.llm_engine.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM engine core finished with {len(pos)} requests unanswered")
+                for o in outputs:
+                    i = pos.pop(o.request_id, None)
+                    if i is None or o.new_logprobs is None:
+                        continue
+                    got[i] = (np.asarray(o.new_logprobs.logprob_token_ids[0], dtype=np.int64),
+                              np.asarray(o.new_logprobs.logprobs[0], dtype=np.float64))
+        except BaseException:
+            if pos:
+                self._core.abort_requests(list(pos))
+            raise
+        return [g for g in got if g is not None]
+
     def _step_requests(self, requests: Sequence[RetrievalRequest], beams: _Beams, depth: int, widths: np.ndarray,
-                       constrained: np.ndarray) -> tuple[list[Any], list[Any], list[int], list[list[int] | None]]:
+                       constrained: np.ndarray) -> tuple[list[list[int]], list[Any], list[int], list[list[int] | None]]:
         """One one-token vLLM request per live beam (per chunk of 128 ids in ``token_ids`` scoring)."""
-        prompts: list[Any] = []
+        prompts: list[list[int]] = []
         params: list[Any] = []
         owner: list[int] = []
         token_lists: list[list[int] | None] = []
@@ -413,28 +472,25 @@ class VllmBeamEngine:
                 toks = (self._offsets[depth] + self.trie.codes[depth][child]).tolist()
                 for s in range(0, len(toks), MAX_TOKEN_IDS_PER_REQUEST):
                     chunk = toks[s:s + MAX_TOKEN_IDS_PER_REQUEST]
-                    prompts.append({"prompt_token_ids": ids})
+                    prompts.append(ids)
                     params.append(self._token_id_params(chunk))
                     owner.append(i)
                     token_lists.append(chunk)
             else:
-                prompts.append({"prompt_token_ids": ids})
+                prompts.append(ids)
                 params.append(self._params(depth, int(beams.node[i]), int(k[i]), bool(con[i])))
                 owner.append(i)
                 token_lists.append(None)
         return prompts, params, owner, token_lists
 
-    def _prune(self, outputs: Sequence[Any], owner: Sequence[int], token_lists: Sequence[list[int] | None],
+    def _prune(self, outputs: Sequence[tuple[np.ndarray, np.ndarray]], owner: Sequence[int],
+               token_lists: Sequence[list[int] | None],
                beams: _Beams, depth: int, widths: np.ndarray, constrained: np.ndarray) -> _Beams:
         """Read (beam, token, log-prob) candidates and keep each request's best ``beam_width``."""
         cand_beam: list[np.ndarray] = []
         cand_tok: list[np.ndarray] = []
         cand_lp: list[np.ndarray] = []
-        for out, i, wanted in zip(outputs, owner, token_lists, strict=True):
-            lp = out.outputs[0].logprobs
-            s, e = lp.start_indices[0], lp.end_indices[0]
-            tok = np.asarray(lp.token_ids[s:e], dtype=np.int64)
-            val = np.asarray(lp.logprobs[s:e], dtype=np.float64)
+        for (tok, val), i, wanted in zip(outputs, owner, token_lists, strict=True):
             if wanted is not None:  # token_ids scoring: the sampled token comes back too; keep the children
                 keep = np.isin(tok, np.asarray(wanted, dtype=np.int64))
                 tok, val = tok[keep], val[keep]

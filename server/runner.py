@@ -47,7 +47,8 @@ class DrainingServer(uvicorn.Server):
         if self._drain_deadline is not None and not self.should_exit:
             now = time.monotonic()
             if self._state.in_flight == 0 or now >= self._drain_deadline:
-                self.config.timeout_graceful_shutdown = max(0.5, self._drain_deadline - now)
+                # uvicorn annotates this int but passes it to asyncio.wait_for, which takes float seconds
+                self.config.timeout_graceful_shutdown = max(0.5, self._drain_deadline - now)  # type: ignore[assignment]  # float ok
                 self.should_exit = True
         return await super().on_tick(counter)
 

@@ -182,8 +182,8 @@ def read_catalog(path: str | os.PathLike[str]) -> Catalog:
         with p.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
-            names = list(reader.fieldnames or [])
-        columns = {k: [r.get(k) for r in rows] for k in names}
+            fieldnames = list(reader.fieldnames or [])
+        columns = {k: [r.get(k) for r in rows] for k in fieldnames}
     return _catalog_from_columns(columns, str(p))
 
 
@@ -192,7 +192,7 @@ def write_catalog(cat: Catalog, path: str | os.PathLike[str]) -> Path:
     """Write ``cat`` to ``path`` (format by suffix) atomically (:mod:`sid_index.atomic_files`)."""
     p = Path(path)
     suffix = _suffix(p)
-    cols = {
+    cols: dict[str, Sequence[str | float]] = {
         "item_id": cat.item_ids, "title": cat.titles, "brand": cat.brands, "category": cat.categories,
         "popularity": [float(x) for x in cat.popularity],
     }

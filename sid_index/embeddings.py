@@ -77,6 +77,8 @@ def encode_texts(
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     dim = model.get_embedding_dimension()
+    if dim is None:
+        raise ValueError(f"model {str(path)!r} does not report its embedding dimension")
     out = np.empty((len(texts), int(dim)), dtype=np.float32)
     chunk = batch_size * 8  # several batches per progress update; the model sorts by length within a chunk
     with Progress(disable=not show_progress, transient=True) as progress:
@@ -101,7 +103,7 @@ def read_embeddings(path: str | os.PathLike[str], item_ids: Sequence[str], *, mm
     n = len(item_ids)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr: np.ndarray = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
         if arr.ndim != 2:
             raise ValueError(f"embeddings must be 2-D [items, dim], given shape {list(arr.shape)} in {str(p)!r}")
         if arr.shape[0] != n:

@@ -36,7 +36,8 @@ __all__ = ["IndexFormatError", "SidIndex"]
 def _codes_key(codes: np.ndarray, codebook_sizes: Sequence[int]) -> np.ndarray:
     """One int64 per SID whose order is the lexicographic order of the codes (mixed-radix number)."""
     s1, s2 = int(codebook_sizes[1]), int(codebook_sizes[2])
-    return (codes[:, 0] * s1 + codes[:, 1]) * s2 + codes[:, 2]
+    key: np.ndarray = (codes[:, 0] * s1 + codes[:, 1]) * s2 + codes[:, 2]
+    return key
 
 
 def _check_item_ids(item_ids: Sequence[str]) -> None:

@@ -113,7 +113,8 @@ def _check_x(x: np.ndarray) -> None:
 def _sq_dists(r: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Squared L2 distances ``[m, k]`` (float32, via the expansion; clipped at 0)."""
     d = (r * r).sum(1)[:, None] - 2.0 * (r @ c.T) + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0, out=d)
+    clipped: np.ndarray = np.maximum(d, 0.0, out=d)
+    return clipped
 
 
 def fit_balance_bias(dists: np.ndarray, steps: int = 100) -> np.ndarray:
@@ -131,7 +132,8 @@ def fit_balance_bias(dists: np.ndarray, steps: int = 100) -> np.ndarray:
     for t in range(steps):
         counts = np.bincount(np.argmin(dists + b, axis=1), minlength=k)
         b += np.float32(0.5 * scale / (1.0 + 0.05 * t)) * ((counts - target) / target).astype(np.float32)
-    return b - b.min()
+    shifted: np.ndarray = b - b.min()
+    return shifted
 
 
 def _balanced_refine(residual: np.ndarray, centroids: np.ndarray, rounds: int) -> tuple[np.ndarray, np.ndarray]:
