@@ -27,9 +27,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -74,7 +75,8 @@ class BenchIndex:
 def build_model(seed: int = 0) -> tuple[Any, SidVocab]:
     torch.manual_seed(seed)
     vocab_size = TEXT_TOKENS + sum(SIZES)
-    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+    # attn_implementation is a PreTrainedConfig keyword its typed dataclass signature does not list
+    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=256,  # type: ignore[call-arg]  # untyped kwarg intermediate_size=768, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
                       tie_word_embeddings=False, attn_implementation="sdpa")
     model = Qwen3ForCausalLM(cfg).eval()
@@ -110,10 +112,10 @@ class TrieLogitsProcessor(LogitsProcessor):
         beam, child, _ = csr_expand(self.trie.indptr[step], node, live)
         mask = torch.full_like(scores, float("-inf"))
         mask[beam, self.offsets[step] + self.trie.codes[step][child]] = 0.0
-        return scores + mask
+        return cast(torch.FloatTensor, scores + mask)  # the base class promises FloatTensor (a float Tensor)
 
 
-def prefix_fn_for(tables: PrefixTables, vocab: SidVocab, prompt_len: int):  # type: ignore[no-untyped-def]
+def prefix_fn_for(tables: PrefixTables, vocab: SidVocab, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]]:
     """The usual HF constraint: a Python callback per beam per step, answered by a dict lookup."""
     allowed: dict[tuple[int, ...], list[int]] = {}
     for row in tables.paths() + np.asarray(vocab.offsets):

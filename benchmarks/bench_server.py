@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -42,9 +43,10 @@ def main() -> int:
     with serve_in_thread(app) as url, httpx.Client(timeout=60) as client:
         for beam in [int(b) for b in args.beams.split(",")]:
             for conc in [int(c) for c in args.concurrency.split(",")]:
-                payload = {"query": "cordless drill", "history": ["item002", "item004"], "beam_width": beam}
+                payload: dict[str, Any] = {"query": "cordless drill", "history": ["item002", "item004"],
+                                           "beam_width": beam}
 
-                def one(i: int, payload: dict = payload) -> tuple[float, dict]:  # type: ignore[type-arg]
+                def one(i: int, payload: dict[str, Any] = payload) -> tuple[float, dict[str, Any]]:
                     t0 = time.perf_counter()
                     body = client.post(f"{url}/retrieve", json={**payload, "query": f"drill {i % 7}"}).json()
                     return time.perf_counter() - t0, body

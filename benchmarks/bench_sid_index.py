@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def child_gathers_reference(indptr: np.ndarray, codes: np.ndarray, nodes: np.nda
     return mask
 
 
-def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type: ignore[type-arg]
+def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict[str, Any]:
     """Build one index (in this process) and measure it; returns the result row."""
     from sid_index.build import IndexConfig, build_index, index_stats
     from sid_index.catalog import Catalog
@@ -176,7 +177,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict:  # type
     }
 
 
-def plot(rows: list[dict], path: Path) -> None:  # type: ignore[type-arg]
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,11 +217,13 @@ def main() -> None:
     if args.gen is not None:
         make_embeddings(args.out, args.gen)
         return
-    cb = tuple(int(x) for x in args.codebooks.split(","))
+    from sid_index.index_files import check_codebook_sizes
+
+    cb = check_codebook_sizes([int(x) for x in args.codebooks.split(",")])
     if args.gen is None:
         args.out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, cb, args.out)))  # type: ignore[arg-type]
+        print(json.dumps(run_one(args.one, cb, args.out)))
         return
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):

@@ -7,10 +7,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 torch.set_num_threads(1)
 # Tests that do not name an engine test the PyTorch engine (servers started by tests inherit this); the vLLM
@@ -18,7 +22,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("RADGR_ENGINE", "torch")
 
 
-def make_tiny_tokenizer(codebook_sizes: Sequence[int], words: Sequence[str] = ()):  # type: ignore[no-untyped-def]
+def make_tiny_tokenizer(codebook_sizes: Sequence[int], words: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """A fast WordLevel tokenizer: specials, a few words, then every SID token contiguous per level."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -34,12 +38,13 @@ def make_tiny_tokenizer(codebook_sizes: Sequence[int], words: Sequence[str] = ()
     return tok
 
 
-def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64):  # type: ignore[no-untyped-def]
+def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64) -> Qwen3ForCausalLM:
     """A random tiny Qwen3 causal LM in float32, eval mode."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen3Config(
+    # attn_implementation is a PreTrainedConfig keyword its typed dataclass signature does not list
+    cfg = Qwen3Config(  # type: ignore[call-arg]  # untyped kwarg
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
         tie_word_embeddings=False, attn_implementation="sdpa",
@@ -49,10 +54,11 @@ def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int
 
 
 @pytest.fixture
-def tiny_lm_factory():  # type: ignore[no-untyped-def]
+def tiny_lm_factory() -> Callable[..., tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]]:
     """Returns ``make(codebook_sizes, seed) -> (model, tokenizer)``."""
 
-    def make(codebook_sizes: Sequence[int] = (4, 4, 4), seed: int = 0):  # type: ignore[no-untyped-def]
+    def make(codebook_sizes: Sequence[int] = (4, 4, 4), seed: int = 0
+             ) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]:
         tok = make_tiny_tokenizer(codebook_sizes, words=["a", "b", "c", "drill", "tape"])
         model = make_tiny_model(len(tok), seed=seed)
         return model, tok

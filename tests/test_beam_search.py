@@ -3,6 +3,9 @@ Hugging Face ``generate`` with a prefix constraint; plus property and batch-inva
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pytest
 import torch
@@ -21,11 +24,15 @@ from decoding.beam_search import (
 from decoding.sid_vocab import SidVocab
 from sid_index.prefix_tables import PrefixTables
 
+if TYPE_CHECKING:
+    from transformers import Qwen3ForCausalLM
+
 SIZES = (6, 6, 6)
+Lm = tuple["Qwen3ForCausalLM", SidVocab]
 
 
 @pytest.fixture(scope="module")
-def lm():  # type: ignore[no-untyped-def]
+def lm() -> Lm:
     tok = make_tiny_tokenizer(SIZES, words=["a", "b", "c", "drill", "tape"])
     model = make_tiny_model(len(tok), seed=3)
     return model, SidVocab.from_tokenizer(tok, SIZES)
@@ -40,7 +47,8 @@ def random_prompt(rng: np.random.Generator, vocab_size: int, length: int) -> lis
     return [int(t) for t in rng.integers(3, vocab_size, size=length)]
 
 
-def reference_beam_search(model, prompt, width, vocab, codes, constrained=True):  # type: ignore[no-untyped-def]
+def reference_beam_search(model: Qwen3ForCausalLM, prompt: Sequence[int], width: int, vocab: SidVocab,
+                          codes: np.ndarray, constrained: bool = True) -> list[tuple[tuple[int, ...], float]]:
     """Slow, obviously correct: per beam a full forward of prompt + prefix, all candidates, keep the best ``width``.
 
     Returns ``[(tokens, score)]`` best first. Constrained candidates are the tokens that extend a path of ``codes``.
@@ -49,14 +57,12 @@ def reference_beam_search(model, prompt, width, vocab, codes, constrained=True):
     beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
     with torch.inference_mode():
         for level in range(3):
-            cands = []
+            cands: list[tuple[tuple[int, ...], float]] = []
             for prefix, score in beams:
                 logits = model(input_ids=torch.tensor([[*prompt, *prefix]])).logits[0, -1].double()
                 logp = torch.log_softmax(logits, -1)
-                if constrained:
-                    allowed = sorted({p[level] for p in paths if p[:level] == prefix})
-                else:
-                    allowed = range(logp.shape[0])
+                allowed: Sequence[int] = (sorted({p[level] for p in paths if p[:level] == prefix}) if constrained
+                                          else range(logp.shape[0]))
                 cands += [((*prefix, t), score + float(logp[t])) for t in allowed]
             cands.sort(key=lambda x: -x[1])
             beams = cands[:width]
@@ -81,7 +87,7 @@ def test_segmented_topk_respects_segments_and_widths() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_full_width_returns_every_sid_ranked_as_teacher_forcing(lm, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_full_width_returns_every_sid_ranked_as_teacher_forcing(lm: Lm, seed: int) -> None:
     model, vocab = lm
     rng = np.random.default_rng(seed)
     codes = random_catalog(rng, 60)
@@ -97,8 +103,12 @@ def test_full_width_returns_every_sid_ranked_as_teacher_forcing(lm, seed: int) -
     assert torch.isinf(out.scores[0, len(codes):]).all()
 
 
-def hf_constrained_generate(model, prompt, width, vocab, codes):  # type: ignore[no-untyped-def]
-    """HF beam search with a prefix constraint; every generation parameter set in a fresh GenerationConfig."""
+def hf_constrained_generate(model: Any, prompt: Sequence[int], width: int, vocab: SidVocab,
+                            codes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF beam search with a prefix constraint; every generation parameter set in a fresh GenerationConfig.
+
+    ``model`` is typed ``Any`` (as in :func:`decoding.beam_search.beam_search`): transformers types ``generate``'s
+    ``self`` as a protocol that its own model classes do not meet statically."""
     allowed: dict[tuple[int, ...], list[int]] = {}
     for row in codes:
         toks = tuple(int(o + c) for o, c in zip(vocab.offsets, row, strict=True))
@@ -127,7 +137,7 @@ def hf_constrained_generate(model, prompt, width, vocab, codes):  # type: ignore
 
 
 @pytest.mark.parametrize(("width", "seed"), [(1, 0), (4, 1), (8, 2), (16, 3)])
-def test_smaller_width_matches_hf_generate(lm, width: int, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_smaller_width_matches_hf_generate(lm: Lm, width: int, seed: int) -> None:
     model, vocab = lm
     rng = np.random.default_rng(10 + seed)
     codes = random_catalog(rng, 120)
@@ -141,7 +151,7 @@ def test_smaller_width_matches_hf_generate(lm, width: int, seed: int) -> None:  
 
 
 @pytest.mark.parametrize("constrained", [True, False])
-def test_matches_per_beam_reference_beam_search(lm, constrained: bool) -> None:  # type: ignore[no-untyped-def]
+def test_matches_per_beam_reference_beam_search(lm: Lm, constrained: bool) -> None:
     model, vocab = lm
     rng = np.random.default_rng(5)
     codes = random_catalog(rng, 80)
@@ -159,7 +169,8 @@ def test_matches_per_beam_reference_beam_search(lm, constrained: bool) -> None: 
     n_sids=st.integers(1, 150), width=st.integers(1, 40), seed=st.integers(0, 10_000),
     prompt_len=st.integers(1, 12),
 )
-def test_property_every_sid_valid_and_scores_sorted(lm, n_sids, width, seed, prompt_len) -> None:  # type: ignore[no-untyped-def]
+def test_property_every_sid_valid_and_scores_sorted(lm: Lm, n_sids: int, width: int, seed: int, prompt_len: int
+                                                    ) -> None:
     model, vocab = lm
     rng = np.random.default_rng(seed)
     codes = random_catalog(rng, n_sids)
@@ -181,7 +192,7 @@ def test_property_every_sid_valid_and_scores_sorted(lm, n_sids, width, seed, pro
 
 
 @pytest.mark.parametrize("constrained", [True, False])
-def test_request_batched_with_others_equals_alone(lm, constrained: bool) -> None:  # type: ignore[no-untyped-def]
+def test_request_batched_with_others_equals_alone(lm: Lm, constrained: bool) -> None:
     model, vocab = lm
     rng = np.random.default_rng(7)
     codes = random_catalog(rng, 150)
@@ -244,7 +255,7 @@ def test_sid_rows_lookup_finds_valid_codes_only() -> None:
     assert trie.sid_rows(query).tolist() == [2, 0, -1, -1, 3, -1, -1, -1]
 
 
-def test_bad_input_names_the_field(lm) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_names_the_field(lm: Lm) -> None:
     model, vocab = lm
     trie = TrieTensors.from_tables(PrefixTables.from_sorted_codes(random_catalog(np.random.default_rng(0), 10)))
     with pytest.raises(ValueError, match="beam_width"):

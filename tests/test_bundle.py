@@ -15,7 +15,6 @@ from test_bundle_fixtures import CODEBOOK_SIZES, TinyInputs, make_tiny_inputs
 from decoding.bundle import (
     CATEGORIZER,
     FORMAT_VERSION,
-    MANIFEST,
     BundleError,
     load_bundle,
     verify_bundle,
@@ -23,6 +22,7 @@ from decoding.bundle import (
 )
 from decoding.prompt import PROMPT_VERSION
 from sid_index.atomic_files import sha256_file
+from sid_index.manifest import MANIFEST
 
 PROVENANCE = {"method": "sft", "data": "synthetic-tiny", "steps": 3, "metrics": {"item_recall@10": 0.5}}
 

@@ -48,6 +48,7 @@ def test_negatives_never_contain_a_positive(sim: tuple[Path, SidIndex], tmp_path
     assert len(samples) > 100
     for s in samples:
         sess = sessions[s.session_id]
+        assert sess.relevant is not None  # simulated data carries the truth
         assert not set(s.negative_items) & set(s.positive_items)
         assert not set(s.negative_items) & (set(sess.clicked) | set(sess.ordered))
         pos_sids = set(s.positive_codes)
@@ -107,7 +108,8 @@ def test_stats_agree_with_the_files(sim: tuple[Path, SidIndex], tmp_path: Path) 
     pairs = [(s.top_codes, c) for s in samples for c in s.negative_codes]
     share1 = sum(shared_prefix_len(a, b) >= 1 for a, b in pairs) / len(pairs)
     share2 = sum(shared_prefix_len(a, b) >= 2 for a, b in pairs) / len(pairs)
-    rel = sum(r for s in samples for r in s.negative_relevant) / len(pairs)
+    assert all(s.negative_relevant is not None for s in samples)  # simulated data carries the truth
+    rel = sum(r for s in samples for r in s.negative_relevant or ()) / len(pairs)
     assert stats["all"]["share_first_token"] == pytest.approx(share1)
     assert stats["all"]["share_first_two_tokens"] == pytest.approx(share2)
     assert stats["all"]["negatives_truly_relevant"] == pytest.approx(rel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,14 +43,15 @@ def test_sessions_and_truth_are_consistent(tmp_path: Path) -> None:
     assert sorted({s.day for s in sessions}) == [1, 2, 3]
     known = set(cat.item_ids)
     for s in sessions:
+        assert s.relevant is not None and s.relevant_grades is not None  # simulated data carries the truth
         assert len(s.exposed) == cfg.exposure_length == len(set(s.exposed))
         assert 1 <= len(s.relevant) <= cfg.relevant_breadth
         assert set(s.relevant) <= known and set(s.history) <= known
         assert all(g in (1, 2, 3) for g in s.relevant_grades)
         assert len(s.ordered) <= 1
     # the pseudo-negative rate is recomputed from the written truth
-    unclicked = [(x, s) for s in sessions for x in s.exposed if x not in s.clicked]
-    rate = sum(x in s.relevant for x, s in unclicked) / len(unclicked)
+    unclicked = [(x, s.relevant or ()) for s in sessions for x in s.exposed if x not in s.clicked]
+    rate = sum(x in relevant for x, relevant in unclicked) / len(unclicked)
     assert rate == pytest.approx(stats.pseudo_negative_rate)
     assert 0 < rate < 1
 
@@ -100,7 +102,7 @@ def test_real_catalog_derives_categories(tmp_path: Path) -> None:
     assert stats.categories == 3 and "derived from titles" in stats.derivation
     cat = read_catalog(tmp_path / "out/catalog.parquet")
     assert cat.item_ids == ids
-    by_word = {}
+    by_word: dict[str, set[str]] = {}
     for t, c in zip(cat.titles, cat.categories, strict=True):
         by_word.setdefault(t.split()[1], set()).add(c)
     # items of one kind land in one derived category
@@ -115,8 +117,9 @@ def test_world_from_catalog_rejects_tiny() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [("days", 0), ("position_bias", -1.0), ("typo_rate", 1.5)])
 def test_config_validation_names_field(field: str, value: float) -> None:
+    kwargs: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match=f"SimConfig.{field}"):
-        SimConfig(**{field: value})
+        SimConfig(**kwargs)
 
 
 def test_typo_changes_one_word() -> None:

@@ -39,7 +39,7 @@ def _index() -> SidIndex:
 
 
 def _sample(sid: str, prompt: str, positives: Sequence[str], relevant: Sequence[str] = ()) -> Sample:
-    codes = tuple(tuple(int(c) for c in CODES[int(p[1:])]) for p in positives)
+    codes = tuple((int(c[0]), int(c[1]), int(c[2])) for c in (CODES[int(p[1:])] for p in positives))
     return Sample(session_id=sid, day=2, split="test", prompt=prompt, prompt_version=PROMPT_VERSION,
                   positive_items=tuple(positives), positive_codes=codes, top_index=0, negative_items=(),
                   negative_codes=(), negative_relevant=None, relevant_items=tuple(relevant),
@@ -69,7 +69,8 @@ class FakeEngine:
         for req in requests:
             rows = self.orders[req.prompt_ids][: req.beam_width]
             scores = -np.arange(1, len(rows) + 1, dtype=np.float64)
-            sids = [SidHit(tuple(int(c) for c in self.index.sid_codes[r]), (0, 0, 0), float(s), int(r))
+            codes = self.index.sid_codes
+            sids = [SidHit((int(codes[r, 0]), int(codes[r, 1]), int(codes[r, 2])), (0, 0, 0), float(s), int(r))
                     for r, s in zip(rows, scores, strict=True)]
             if not req.constrained:
                 sids = [*sids[:-1], SidHit((1, 1, 1), (0, 0, 0), -99.0, -1)]

@@ -24,7 +24,7 @@ def _entry(r10: float, mrr: float, halluc: float = 0.1) -> dict[str, Any]:
 def test_mean_std_by_hand() -> None:
     """(0.2, 0.4): mean 0.3, sample std sqrt(((−0.1)² + 0.1²)/1) = 0.141421; one value: std 0."""
     m, s, n = mean_std([0.2, 0.4])
-    assert (m, n) == (pytest.approx(0.3), 2) and s == pytest.approx(0.141421, abs=1e-6)
+    assert m == pytest.approx(0.3) and n == 2 and s == pytest.approx(0.141421, abs=1e-6)
     assert mean_std([0.5]) == (0.5, 0.0, 1)
 
 
@@ -71,7 +71,7 @@ def tiny_world(tmp_path: Path, tiny_lm_factory: Any) -> tuple[Path, Path, Path]:
     def sample(i: int, split: str) -> Sample:
         pick = r.sample(range(40), 5)
         pos, neg = pick[:2], pick[2:]
-        c = [tuple(int(x) for x in codes[k]) for k in pick]
+        c = [(int(codes[k, 0]), int(codes[k, 1]), int(codes[k, 2])) for k in pick]
         return Sample(session_id=f"{split}{i}", day=1 if split == "train" else 2, split=split,
                       prompt=f"query: {r.choice(['a', 'b', 'drill'])} item:", prompt_version=PROMPT_VERSION,
                       positive_items=tuple(items[k] for k in pos), positive_codes=tuple(c[:2]), top_index=0,

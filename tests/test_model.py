@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_tokenizer
+from transformers import PreTrainedModel
 
 from training.model import (
     PRESETS,
@@ -21,15 +22,21 @@ from training.model import (
 )
 
 
+def _input_weight(model: PreTrainedModel) -> torch.Tensor:
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, torch.nn.Embedding)
+    return emb.weight
+
+
 def test_tiny_preset_is_a_few_million_parameters_and_seeded() -> None:
     model = build_model("tiny", vocab_size=3000, seed=1)
     assert model.config.model_type == "qwen3"
     assert 1_000_000 <= num_parameters(model) <= 6_000_000
     same = build_model("tiny", vocab_size=3000, seed=1)
     other = build_model("tiny", vocab_size=3000, seed=2)
-    w = model.get_input_embeddings().weight
-    assert torch.equal(w, same.get_input_embeddings().weight)
-    assert not torch.equal(w, other.get_input_embeddings().weight)
+    w = _input_weight(model)
+    assert torch.equal(w, _input_weight(same))
+    assert not torch.equal(w, _input_weight(other))
     out = model(input_ids=torch.tensor([[5, 6, 7]]))
     assert out.logits.shape == (1, 3, 3000)
 
@@ -40,6 +47,7 @@ def test_qwen3_public_shapes(preset: str, hidden: int, inter: int, layers: int) 
     cfg = preset_config(preset, vocab_size=151_936)
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (hidden, inter, layers)
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (16, 8, 128)
+    assert cfg.rope_parameters is not None
     assert cfg.tie_word_embeddings and cfg.rope_parameters["rope_theta"] == 1_000_000.0 and cfg.rms_norm_eps == 1e-6
 
 

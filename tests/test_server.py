@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import require_vllm
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_bundle_fixtures import make_tiny_bundle
@@ -72,6 +73,7 @@ def test_200_ranked_items_sids_history_and_debug(client: TestClient) -> None:
                                        "beam_width": 8, "debug": True})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert isinstance(client.app, FastAPI)
     assert body["engine"] == client.app.state.serving.engine.name and body["model"] == "tiny-test"
     assert body["user_id"] == "u1"
     assert body["unknown_history_item_ids"] == ["nope"]

@@ -28,7 +28,8 @@ def make_world(root: Path, train_sessions: int = 320, test_sessions: int = 48, s
     items (weights .55/.25/.15/.05); the global popularity is flat across words, so only the query tells them apart.
     """
     rng = np.random.default_rng(seed)
-    item_ids, codes = [], []
+    item_ids: list[str] = []
+    codes: list[tuple[int, int, int]] = []
     for k, _ in enumerate(WORDS):
         for j in range(4):
             item_ids.append(f"{k}-{j}")
@@ -45,7 +46,7 @@ def make_world(root: Path, train_sessions: int = 320, test_sessions: int = 48, s
                                {"region": str(rng.choice(["n", "s"]))}, [])
         return Sample(session_id=f"{split}{i}", day=1 if split == "train" else 2, split=split, prompt=prompt,
                       prompt_version=PROMPT_VERSION, positive_items=(item,),
-                      positive_codes=(tuple(int(c) for c in codes[k * 4 + j]),), top_index=0, negative_items=(),
+                      positive_codes=(codes[k * 4 + j],), top_index=0, negative_items=(),
                       negative_codes=(), negative_relevant=None, relevant_items=(), relevant_grades=())
 
     samples_dir = root / "samples"

@@ -69,8 +69,8 @@ def test_grad_accumulation_equals_full_batch(tmp_path: Path, n_rows: int, micro:
     lr = 0.5
     tok, model_a, rows = _setup(n_rows)
     expected = _manual_sgd_step(make_tiny_model(len(tok), seed=0).train(), tok, rows, lr)
-    base = dict(max_steps=1, lr=lr, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1e9, optim="sgd",
-                save_steps=100, logging_steps=1)
+    base: dict[str, Any] = dict(max_steps=1, lr=lr, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=1e9,
+                                optim="sgd", save_steps=100, logging_steps=1)
     _train(tmp_path / "a", tok, model_a, rows, TrainConfig(batch_size=micro, grad_accum=accum, **base))
     model_b = make_tiny_model(len(tok), seed=0).train()
     _train(tmp_path / "b", tok, model_b, rows, TrainConfig(batch_size=n_rows, grad_accum=1, **base))
@@ -177,6 +177,7 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     torch.testing.assert_close(second.loaded["tensor"], torch.arange(3.0) * 4)
     assert second.state.global_step == 8
     assert second.seen == 8
+    assert full.model is not None and second.model is not None
     for (name, p), q in zip(full.model.named_parameters(), second.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=f"{name} differs after resume")
 

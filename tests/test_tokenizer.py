@@ -91,13 +91,17 @@ def test_add_sid_tokens_to_a_local_model_resizes_embeddings() -> None:
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     base = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="</s>")
     model = make_tiny_model(4)
-    old = model.get_input_embeddings().weight[:4].detach().clone()
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, torch.nn.Embedding)
+    old = emb.weight[:4].detach().clone()
     vocab = add_sid_tokens(base, model, SIZES)
     assert len(base) == 4 + sum(SIZES)
     assert vocab.offsets == (4, 4 + SIZES[0], 4 + SIZES[0] + SIZES[1])
     assert vocab.vocab_size == model.get_input_embeddings().num_embeddings == len(base)
     assert base.pad_token_id == base.eos_token_id == 1
-    assert torch.equal(model.get_input_embeddings().weight[:4], old)  # existing rows untouched
+    resized = model.get_input_embeddings()
+    assert isinstance(resized, torch.nn.Embedding)
+    assert torch.equal(resized.weight[:4], old)  # existing rows untouched
     # idempotent: a second call adds nothing
     assert add_sid_tokens(base, model, SIZES) == vocab
     assert len(base) == 4 + sum(SIZES)

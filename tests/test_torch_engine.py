@@ -3,6 +3,8 @@ and items.expand_items against its slow reference."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import torch
@@ -17,11 +19,15 @@ from decoding.sid_vocab import SidVocab
 from decoding.torch_engine import TorchBeamEngine
 from sid_index.index import SidIndex
 
+if TYPE_CHECKING:
+    from transformers import Qwen3ForCausalLM
+
 SIZES = (5, 5, 5)
+Setup = tuple["Qwen3ForCausalLM", SidVocab, SidIndex]
 
 
 @pytest.fixture(scope="module")
-def setup():  # type: ignore[no-untyped-def]
+def setup() -> Setup:
     tok = make_tiny_tokenizer(SIZES, words=["a", "b", "c"])
     model = make_tiny_model(len(tok), seed=1)
     vocab = SidVocab.from_tokenizer(tok, SIZES)
@@ -37,7 +43,7 @@ def prompts(vocab_size: int, lengths: list[int], seed: int = 0) -> list[tuple[in
     return [tuple(int(t) for t in rng.integers(3, vocab_size, size=n)) for n in lengths]
 
 
-def test_full_width_ranks_every_sid_and_expands_items_by_popularity(setup) -> None:  # type: ignore[no-untyped-def]
+def test_full_width_ranks_every_sid_and_expands_items_by_popularity(setup: Setup) -> None:
     model, vocab, index = setup
     engine = TorchBeamEngine(model, vocab, index)
     (prompt,) = prompts(vocab.vocab_size, [11])
@@ -61,7 +67,7 @@ def test_full_width_ranks_every_sid_and_expands_items_by_popularity(setup) -> No
     assert all(v >= 0 for v in res.timings.values())
 
 
-def test_top_k_items_truncates(setup) -> None:  # type: ignore[no-untyped-def]
+def test_top_k_items_truncates(setup: Setup) -> None:
     model, vocab, index = setup
     engine = TorchBeamEngine(model, vocab, index)
     (prompt,) = prompts(vocab.vocab_size, [6], seed=2)
@@ -72,7 +78,7 @@ def test_top_k_items_truncates(setup) -> None:  # type: ignore[no-untyped-def]
     assert cut.sids == full.sids
 
 
-def test_batched_and_chunked_results_equal_single_requests(setup) -> None:  # type: ignore[no-untyped-def]
+def test_batched_and_chunked_results_equal_single_requests(setup: Setup) -> None:
     model, vocab, index = setup
     ps = prompts(vocab.vocab_size, [4, 13, 1, 8, 20, 6], seed=3)
     reqs = [RetrievalRequest(p, beam_width=w, top_k_items=30, constrained=c)
@@ -94,7 +100,7 @@ def test_batched_and_chunked_results_equal_single_requests(setup) -> None:  # ty
         assert [h.item_id for h in got.items] == [h.item_id for h in alone.items]
 
 
-def test_unconstrained_items_come_only_from_valid_sids(setup) -> None:  # type: ignore[no-untyped-def]
+def test_unconstrained_items_come_only_from_valid_sids(setup: Setup) -> None:
     model, vocab, index = setup
     (prompt,) = prompts(vocab.vocab_size, [9], seed=4)
     [res] = TorchBeamEngine(model, vocab, index).retrieve_batch(
@@ -109,12 +115,12 @@ def test_unconstrained_items_come_only_from_valid_sids(setup) -> None:  # type: 
     assert sorted({h.sid_row for h in res.items}) == sorted(set(valid_rows))
 
 
-def test_empty_batch_returns_no_results(setup) -> None:  # type: ignore[no-untyped-def]
+def test_empty_batch_returns_no_results(setup: Setup) -> None:
     model, vocab, index = setup
     assert TorchBeamEngine(model, vocab, index).retrieve_batch([]) == []
 
 
-def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_names_the_field(setup: Setup) -> None:
     model, vocab, index = setup
     with pytest.raises(ValueError, match="max_batch_rows"):
         TorchBeamEngine(model, vocab, index, max_batch_rows=0)
@@ -128,7 +134,7 @@ def test_bad_input_names_the_field(setup) -> None:  # type: ignore[no-untyped-de
         TorchBeamEngine(model, small, index)
 
 
-def test_eager_attention_gives_the_same_result_as_sdpa(setup) -> None:  # type: ignore[no-untyped-def]
+def test_eager_attention_gives_the_same_result_as_sdpa(setup: Setup) -> None:
     model, vocab, index = setup
     (prompt,) = prompts(vocab.vocab_size, [7], seed=5)
     req = RetrievalRequest(prompt, beam_width=24)
@@ -142,7 +148,7 @@ def test_eager_attention_gives_the_same_result_as_sdpa(setup) -> None:  # type: 
     np.testing.assert_allclose([h.score for h in eager.sids], [h.score for h in sdpa.sids], atol=1e-5, rtol=0)
 
 
-def test_rejects_attention_that_ignores_custom_masks(setup) -> None:  # type: ignore[no-untyped-def]
+def test_rejects_attention_that_ignores_custom_masks(setup: Setup) -> None:
     model, vocab, index = setup
     model.config._attn_implementation = "flash_attention_2"
     try:

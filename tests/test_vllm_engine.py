@@ -27,7 +27,7 @@ from test_bundle_fixtures import make_tiny_bundle
 from decoding.bundle import INDEX_DIR, Bundle, load_bundle
 from decoding.engine import RetrievalRequest, RetrievalResult
 from decoding.torch_engine import TorchBeamEngine
-from decoding.vllm_engine import Scoring, VllmBeamEngine, VllmEngineConfig
+from decoding.vllm_engine import Driver, Scoring, VllmBeamEngine, VllmEngineConfig
 
 pytestmark = pytest.mark.slow
 SCORE_TOL = 1e-4
@@ -41,16 +41,19 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
     return {"big": load_bundle(big), "small": load_bundle(small)}
 
 
-def _vllm(bundle: Bundle, scoring: str) -> VllmBeamEngine:
-    return VllmBeamEngine(bundle.model_dir, bundle.vocab, bundle.index, bundle.path / INDEX_DIR,
-                          VllmEngineConfig(scoring=cast(Scoring, scoring), max_model_len=256))
+def _vllm(bundle: Bundle, scoring: str, driver: str = "core") -> VllmBeamEngine:
+    cfg = VllmEngineConfig(scoring=cast(Scoring, scoring), driver=cast(Driver, driver), max_model_len=256)
+    return VllmBeamEngine(bundle.model_dir, bundle.vocab, bundle.index, bundle.path / INDEX_DIR, cfg)
 
 
-@pytest.fixture(scope="module", params=["processor", "token_ids"])
+@pytest.fixture(scope="module", params=[("processor", "core"), ("token_ids", "core"), ("processor", "llm"),
+                                        ("token_ids", "llm")], ids=lambda p: "-".join(p))
 def engines(request: pytest.FixtureRequest, bundles: dict[str, Bundle]) -> Iterator[dict[str, Any]]:
+    """Each scoring (trie logits processor, logprob_token_ids) through each driver (engine core, LLM.generate)."""
     big = bundles["big"]
-    engine = _vllm(big, request.param)
-    yield {"scoring": request.param, "vllm": engine, "torch": TorchBeamEngine(big.model, big.vocab, big.index),
+    scoring, driver = request.param
+    engine = _vllm(big, scoring, driver)
+    yield {"scoring": scoring, "vllm": engine, "torch": TorchBeamEngine(big.model, big.vocab, big.index),
            "bundle": big}
     engine.close()
 
@@ -128,6 +131,8 @@ def test_config_bounds_name_the_field() -> None:
         VllmEngineConfig(block_size=24)
     with pytest.raises(ValueError, match="max_logprobs"):
         VllmEngineConfig(max_logprobs=8)
+    with pytest.raises(ValueError, match="driver"):
+        VllmEngineConfig(**cast(dict[str, Any], {"driver": "async"}))
     with pytest.raises(ValueError, match="scoring"):
         VllmEngineConfig(**cast(dict[str, Any], {"scoring": "grammar"}))
 
@@ -151,7 +156,7 @@ def test_radgr_eval_engine_vllm_equals_engine_torch(bundles: dict[str, Bundle], 
     samples = []
     for i in range(12):
         pos = [int(k) for k in rng.choice(index.num_items, size=2, replace=False)]
-        codes = tuple(tuple(int(c) for c in index.sid_codes[index.item_sid_row[k]]) for k in pos)
+        codes = tuple(index.codes_of_item(index.item_ids[k]) for k in pos)
         samples.append(Sample(
             session_id=f"t{i}", day=2, split="test", prompt=f"query: {' '.join(rng.choice(words, size=1 + i % 4))}",
             prompt_version=PROMPT_VERSION, positive_items=tuple(index.item_ids[k] for k in pos),
