@@ -102,6 +102,8 @@ def demo_command(
             answer = json.loads(resp.read())
         console.print(Panel(json.dumps(body), title="POST /retrieve"))
         console.print_json(json.dumps(answer))
+        console.print(f"[bold]served by the {answer['engine']} engine[/bold] (radgr serve --engine auto: vLLM where "
+                      "installed, else PyTorch)")
         console.print(f"[bold green]demo finished in {time.perf_counter() - t_start:.0f} s[/bold green]")
         curl = (f"curl -s {url}/retrieve -H 'Content-Type: application/json' "
                 f"-d '{json.dumps({'query': body['query'], 'top_k': 5})}'")

@@ -110,6 +110,7 @@ def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
         "TORCH_COMPILE_DISABLE": "1",
         "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_LOGGING_LEVEL": "ERROR",  # its CPU worker warns on every generate call; set the variable to see more
         "DO_NOT_TRACK": "1",
     }
     for key, value in env.items():
@@ -336,6 +337,7 @@ class VllmBeamEngine:
         )
         self._vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._params_cache: dict[tuple[int, int, int, bool], Any] = {}
+        self._token_params_cache: dict[tuple[int, int], list[tuple[list[int], Any]]] = {}
         self._request_counter = itertools.count()
         if cfg.driver == "core":
             from vllm.v1.engine import EngineCoreRequest
@@ -355,9 +357,20 @@ class VllmBeamEngine:
                 self._params_cache[key] = got
         return got
 
-    def _token_id_params(self, ids: Sequence[int]) -> Any:
-        return self._sampling_params(max_tokens=1, temperature=0.0, logprob_token_ids=list(ids), detokenize=False,
-                                     flat_logprobs=True, skip_clone=True)
+    def _token_id_params(self, depth: int, node: int) -> list[tuple[list[int], Any]]:
+        """``(child token ids, params)`` per chunk of at most 128 children of ``node`` (cached per node)."""
+        got = self._token_params_cache.get((depth, node))
+        if got is None:
+            _, child = self.trie.children(depth, np.asarray([node]))
+            toks = (self._offsets[depth] + self.trie.codes[depth][child]).tolist()
+            got = []
+            for s in range(0, len(toks), MAX_TOKEN_IDS_PER_REQUEST):
+                chunk = toks[s:s + MAX_TOKEN_IDS_PER_REQUEST]
+                got.append((chunk, self._sampling_params(max_tokens=1, temperature=0.0, logprob_token_ids=chunk,
+                                                         detokenize=False, flat_logprobs=True, skip_clone=True)))
+            if len(self._token_params_cache) < 200_000:
+                self._token_params_cache[(depth, node)] = got
+        return got
 
     def retrieve_batch(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]:
         for i, req in enumerate(requests):
@@ -437,7 +450,7 @@ class VllmBeamEngine:
         try:
             while pos:
                 outputs = self._core.get_output().outputs
-                if not outputs and not self.llm.llm_engine.has_unfinished_requests():
+                if not outputs and not self._core.engine_core.scheduler.has_requests():
                     raise RuntimeError(f"vLLM engine core finished with {len(pos)} requests unanswered")
                 for o in outputs:
                     i = pos.pop(o.request_id, None)
@@ -468,12 +481,9 @@ class VllmBeamEngine:
             r = int(beams.req[i])
             ids = [*requests[r].prompt_ids, *beams.tokens[i].tolist()]
             if by_tokens and con[i]:
-                _, child = self.trie.children(depth, beams.node[i:i + 1])
-                toks = (self._offsets[depth] + self.trie.codes[depth][child]).tolist()
-                for s in range(0, len(toks), MAX_TOKEN_IDS_PER_REQUEST):
-                    chunk = toks[s:s + MAX_TOKEN_IDS_PER_REQUEST]
+                for chunk, sp in self._token_id_params(depth, int(beams.node[i])):
                     prompts.append(ids)
-                    params.append(self._token_id_params(chunk))
+                    params.append(sp)
                     owner.append(i)
                     token_lists.append(chunk)
             else:
