@@ -329,7 +329,10 @@ def load_engine(model_dir: Path, index: Any, index_dir: Path, engine: str = "aut
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model = load_model(model_dir) if needs_hf_model(engine) else None
     if model is not None:
-        vocab_size = int(model.get_input_embeddings().num_embeddings)
+        import torch
+
+        # transformers types the input embeddings as nn.Module; a causal LM's are an nn.Embedding
+        vocab_size = int(cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings)
     else:
         vocab_size = int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
     vocab = SidVocab.from_tokenizer(tokenizer, index.codebook_sizes, vocab_size=vocab_size)

@@ -74,7 +74,8 @@ def provenance_from_train_info(info: dict[str, Any], checkpoint: Path, metrics: 
 
 
 def default_bundle_name(info: dict[str, Any]) -> str:
-    model = info.get("model") if isinstance(info.get("model"), dict) else {}
+    raw = info.get("model")
+    model: dict[str, Any] = raw if isinstance(raw, dict) else {}
     base = model.get("preset") or Path(str(model.get("base_model") or "model")).name
     return f"radgr-{base}-{info.get('method', 'unknown')}-step{int(info.get('steps', 0))}"
 

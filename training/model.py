@@ -74,7 +74,8 @@ def preset_config(preset: str, vocab_size: int, *, pad_token_id: int | None = No
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1, given {vocab_size}")
     p = PRESETS[preset]
-    return Qwen3Config(
+    # attn_implementation is a PreTrainedConfig keyword its typed dataclass signature does not list
+    return Qwen3Config(  # type: ignore[call-arg]  # untyped kwarg
         vocab_size=int(vocab_size), hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
         num_hidden_layers=p.num_hidden_layers, num_attention_heads=p.num_attention_heads,
         num_key_value_heads=p.num_key_value_heads, head_dim=p.head_dim,

@@ -86,7 +86,7 @@ def device_precision() -> dict[str, bool]:
 
 def training_arguments(cfg: TrainConfig, run_dir: str | Path, *, disable_tqdm: bool | None = None) -> TrainingArguments:
     """``TrainingArguments`` for a radgr run in ``run_dir`` (checkpoints under ``run_dir/checkpoints``)."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(device_precision())
     if disable_tqdm is not None:
         kwargs["disable_tqdm"] = disable_tqdm
     return TrainingArguments(
@@ -116,6 +116,5 @@ def training_arguments(cfg: TrainConfig, run_dir: str | Path, *, disable_tqdm: b
         label_names=[LABEL_KEY],
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        **device_precision(),
         **kwargs,
     )

@@ -103,6 +103,8 @@ class _ExtraStateCallback(TrainerCallback):
         extra = self.trainer.checkpoint_extra_state()  # every rank calls it (it may gather)
         if extra is None or not state.is_world_process_zero:
             return
+        if args.output_dir is None:
+            raise ValueError("TrainingArguments.output_dir must be set to save checkpoints")
         ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         buf = io.BytesIO()
         torch.save(extra, buf)
@@ -197,7 +199,8 @@ class RadgrTrainer(Trainer):
     # -- entry point
     def train_with_resume(self, resume: bool) -> Any:
         """``train()``, from the newest checkpoint of ``args.output_dir`` when ``resume`` (fresh if none)."""
-        ckpt = get_last_checkpoint(self.args.output_dir) if resume and os.path.isdir(self.args.output_dir) else None
+        out = self.args.output_dir
+        ckpt = get_last_checkpoint(out) if resume and out is not None and os.path.isdir(out) else None
         if resume and ckpt is None:
             logger.warning("resume requested but no checkpoint in %s: training from scratch", self.args.output_dir)
         if ckpt is not None:
