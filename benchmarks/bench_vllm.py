@@ -57,12 +57,12 @@ def _requests(bundle: Any, n: int, beam: int, seed: int) -> list[Any]:
 
 # profile buckets: (label, substrings of "file:function")
 BUCKETS = [
-    ("vllm intake", ("process_inputs", "input_processor", "add_request", "_validate_params")),
+    ("vllm intake", ("llm.py:_validate_and_add_requests", "core_client.py:add_request")),
     ("vllm schedule", ("scheduler.py:schedule",)),
     ("model forward", ("model_runner.py:_model_forward", "qwen3.py:forward")),
     ("sampler", ("sampler.py:forward",)),
     ("radgr mask", ("vllm_engine.py:masked_log_softmax",)),
-    ("vllm output", ("output_processor.py:process_outputs", "update_from_output", "logprobs.py:")),
+    ("vllm output", ("output_processor.py:process_outputs", "scheduler.py:update_from_output")),
 ]
 
 
@@ -99,12 +99,14 @@ def _engines_part(bundle_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     rows: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
+    def vllm(scoring: str, driver: str) -> Callable[[], Any]:
+        cfg = VllmEngineConfig(scoring=scoring, driver=driver)  # type: ignore[arg-type]  # literal strings below
+        return lambda: VllmBeamEngine(bundle.model_dir, bundle.vocab, bundle.index, bundle_dir / INDEX_DIR, cfg)
+
     engines: list[tuple[str, Callable[[], Any]]] = [
         ("torch", lambda: TorchBeamEngine(bundle.model, bundle.vocab, bundle.index)),
-        ("vllm/processor", lambda: VllmBeamEngine(bundle.model_dir, bundle.vocab, bundle.index,
-                                                  bundle_dir / INDEX_DIR, VllmEngineConfig(scoring="processor"))),
-        ("vllm/token_ids", lambda: VllmBeamEngine(bundle.model_dir, bundle.vocab, bundle.index,
-                                                  bundle_dir / INDEX_DIR, VllmEngineConfig(scoring="token_ids"))),
+        *((f"vllm/{scoring}/{driver}", vllm(scoring, driver))
+          for driver in ("llm", "core") for scoring in ("processor", "token_ids")),
     ]
     for name, make in engines:
         t0 = time.perf_counter()
@@ -112,7 +114,7 @@ def _engines_part(bundle_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         start_s = time.perf_counter() - t0
         for beam in (16, 128):
             reqs = _requests(bundle, args.requests, beam, seed=beam)
-            engine.retrieve_batch(reqs[:2])  # warm
+            engine.retrieve_batch(reqs)  # warm: every request once (first-touch of the KV cache, caches)
             single = []
             for r in reqs:
                 t0 = time.perf_counter()

@@ -33,8 +33,10 @@ def serve_command(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     engine: str = typer.Option("auto", "--engine", envvar="RADGR_ENGINE",
                                help="auto (vLLM where installed, else PyTorch), torch or vllm."),
-    vllm_scoring: str = typer.Option("token_ids", "--vllm-scoring", envvar="RADGR_VLLM_SCORING",
-                                     help="vLLM child scoring: token_ids (logprob_token_ids) or processor."),
+    vllm_scoring: str = typer.Option("processor", "--vllm-scoring", envvar="RADGR_VLLM_SCORING",
+                                     help="vLLM child scoring: processor (trie logits processor) or token_ids."),
+    vllm_driver: str = typer.Option("core", "--vllm-driver", envvar="RADGR_VLLM_DRIVER",
+                                    help="core (vLLM's engine core directly) or llm (public LLM.generate)."),
     vllm_dtype: str = typer.Option("float32", "--vllm-dtype", help="vLLM dtype: float32, bfloat16 or float16."),
     vllm_max_model_len: int = typer.Option(1024, "--vllm-max-model-len", help="vLLM context length."),
     vllm_kv_cache_gib: float = typer.Option(1.0, "--vllm-kv-cache-gib", help="vLLM KV cache on CPU, GiB."),
@@ -52,7 +54,7 @@ def serve_command(
             max_batch_rows=max_batch_rows, max_queue_requests=max_queue_requests, max_queue_rows=max_queue_rows,
             request_timeout_s=request_timeout_s, drain_grace_s=drain_grace_s, device=device,
             torch_threads=torch_threads, log_level=log_level, engine=engine, vllm_scoring=vllm_scoring,
-            vllm_dtype=vllm_dtype, vllm_max_model_len=vllm_max_model_len, vllm_kv_cache_gib=vllm_kv_cache_gib)
+            vllm_driver=vllm_driver, vllm_dtype=vllm_dtype, vllm_max_model_len=vllm_max_model_len, vllm_kv_cache_gib=vllm_kv_cache_gib)
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"

@@ -559,6 +559,10 @@ class VllmBeamEngine:
         return np.where(alive, node, -1)
 
     def close(self) -> None:
-        """Release the engine (vLLM frees its KV cache when the ``LLM`` is dropped)."""
-        del self.llm
+        """Shut the engine core down now (KV cache, workers, vLLM's process-global distributed state), so that a
+        later engine in the same process starts clean; a second call does nothing."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del self.llm
 

@@ -66,7 +66,9 @@ class ServerSettings(BaseSettings):
                                                                "only in whole blocks).")
     vllm_max_num_seqs: int = Field(256, ge=1, le=65536, description="vLLM concurrent one-token sequences.")
     vllm_scoring: Literal["processor", "token_ids"] = Field(
-        "token_ids", description="How vLLM scores SID children: trie logits processor or logprob_token_ids.")
+        "processor", description="How vLLM scores SID children: trie logits processor or logprob_token_ids.")
+    vllm_driver: Literal["core", "llm"] = Field(
+        "core", description="How radgr drives vLLM: its engine core directly, or the public LLM.generate.")
 
     @model_validator(mode="after")
     def _check_budgets(self) -> ServerSettings:
@@ -91,7 +93,7 @@ class ServerSettings(BaseSettings):
                                   kv_cache_gib=self.vllm_kv_cache_gib,
                                   gpu_memory_utilization=self.vllm_gpu_memory_utilization,
                                   block_size=self.vllm_block_size, max_num_seqs=self.vllm_max_num_seqs,
-                                  scoring=self.vllm_scoring),
+                                  scoring=self.vllm_scoring, driver=self.vllm_driver),
         )
 
 
