@@ -54,7 +54,8 @@ def serve_command(
             max_batch_rows=max_batch_rows, max_queue_requests=max_queue_requests, max_queue_rows=max_queue_rows,
             request_timeout_s=request_timeout_s, drain_grace_s=drain_grace_s, device=device,
             torch_threads=torch_threads, log_level=log_level, engine=engine, vllm_scoring=vllm_scoring,
-            vllm_driver=vllm_driver, vllm_dtype=vllm_dtype, vllm_max_model_len=vllm_max_model_len, vllm_kv_cache_gib=vllm_kv_cache_gib)
+            vllm_driver=vllm_driver, vllm_dtype=vllm_dtype, vllm_max_model_len=vllm_max_model_len,
+            vllm_kv_cache_gib=vllm_kv_cache_gib)
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"
