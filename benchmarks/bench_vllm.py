@@ -94,7 +94,8 @@ def _profile(engine: Any, reqs: Sequence[Any]) -> dict[str, Any]:
 def _engines_part(bundle_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from decoding.bundle import INDEX_DIR, load_bundle
     from decoding.torch_engine import TorchBeamEngine
-    from decoding.vllm_engine import VllmBeamEngine, VllmEngineConfig
+    from decoding.vllm_config import VllmEngineConfig
+    from decoding.vllm_engine import VllmBeamEngine
 
     bundle = load_bundle(bundle_dir)
     rows: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from decoding.engine import RetrievalEngine
 from decoding.hits import IndexForDecoding
 from decoding.sid_vocab import SidVocab
-from decoding.vllm_engine import VllmEngineConfig
+from decoding.vllm_config import VllmEngineConfig
 
 EngineKind = Literal["auto", "torch", "vllm"]
 ENGINE_KINDS: tuple[str, ...] = ("auto", "torch", "vllm")

@@ -1,180 +1,59 @@
-"""The vLLM retrieval engine: SID beam search driven step by step on an in-process ``vllm.LLM``.
+"""The vLLM retrieval engine: SID beam search driven step by step on an in-process vLLM engine.
 
 The only production module that imports vLLM (an import-linter contract says so). Implements
-:class:`decoding.engine.RetrievalEngine` with ``name = "vllm"`` and the same results as
+:class:`decoding.engine.RetrievalEngine` with ``name = "vllm"`` and the results of
 :class:`decoding.torch_engine.TorchBeamEngine` (same SIDs, same order, scores within float rounding).
 
 Contract:
 
-- ``VllmBeamEngine(model_dir, vocab, index, index_dir, config)`` starts ``vllm.LLM`` on ``model_dir`` (a Hugging
-  Face model directory with its tokenizer, e.g. a bundle's ``model/``) in-process (uni executor; set
-  ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before vLLM is imported, :func:`vllm_environment` does), with prefix caching
-  on and a KV block size small enough that short prompts are cached (``config.block_size``, default 32).
+- ``VllmBeamEngine(model_dir, vocab, index, index_dir, config)`` starts ``vllm.LLM`` on ``model_dir`` (a model
+  directory with its tokenizer, e.g. a bundle's ``model/``) in-process (uni executor, :func:`vllm_environment`),
+  prefix caching on, KV blocks small enough that short prompts are cached (``config.block_size``, default 32).
 - **Beam loop** (``retrieve_batch``): three steps, one per SID level. Each step submits every live beam of every
-  request in the batch as one ``generate`` call of one-token requests (prompt = request prompt + the beam's tokens),
-  no detokenisation, flat log-probs, the sampling parameters built once per (level, fan-out) and never cloned.
-  Candidates come back as (beam, token, log-prob); per request the best ``beam_width`` of ``beam score + log-prob``
-  survive (numpy, one ``lexsort`` per step). After the third level the beams map to SID rows and items through
-  :func:`decoding.hits.hits_from_beams`, as in the PyTorch engine.
-- **Scores.** A token's log-prob is the log-softmax over the full vocabulary, never renormalised after masking
-  (the semantics of ``docs/architecture.md``). Two ways to get it, fixed per engine by ``config.scoring``:
-  - ``"processor"`` (default): :class:`SidTrieLogitsProcessor` writes the log-softmax on the valid children of each
-    beam's trie node and ``-inf`` elsewhere; the engine runs with ``logprobs_mode="processed_logits"`` so vLLM
-    returns those values; each beam asks for ``min(beam_width, #children)`` log-probs (the children, exactly).
-  - ``"token_ids"``: no engine-side code; each beam asks for ``SamplingParams.logprob_token_ids`` = its valid
-    children (split in chunks of 128, vLLM's bound) with the default ``raw_logprobs`` mode.
-  - unconstrained requests (hallucination measurement): no mask; each beam asks for its ``beam_width`` best tokens
-    over the full vocabulary; a SID whose tokens are not a path of the trie gets ``sid_row = -1``.
-- **The logits processor** keeps per-row state (depth, trie node, constrained) from ``SamplingParams.extra_args``
-  (key ``"radgr_sid"``), and builds the mask for the whole batch with array gathers over the index's CSR prefix
-  tables (one ``repeat_interleave`` per depth present, no Python per token). Rows without that key pass through.
-  It finds the tables through ``vllm_config.additional_config["radgr"]`` (the index directory and the SID token
-  layout), so it also works when the engine core runs in another process.
-- ``RetrievalResult.timings`` (seconds, shared by the batch): ``prefill`` (the level-0 step, which prefills every
-  prompt), ``decode`` (levels 1 and 2), ``host`` (radgr's own Python between steps: building requests, reading
-  log-probs, pruning), ``finalize`` (beams → hits → items), and ``requests`` (one-token vLLM requests submitted).
+  request in the batch as one-token requests (prompt = request prompt + the beam's tokens), no detokenisation,
+  sampling parameters built once per (level, node, fan-out) and never copied. Candidates come back as (beam, token,
+  log-prob); per request the best ``beam_width`` of ``beam score + log-prob`` survive (numpy, one ``lexsort`` per
+  step). The final beams map to SID rows and items through :func:`decoding.hits.hits_from_beams`.
+- **Drivers** (``config.driver``): ``"core"`` (default) puts ``EngineCoreRequest`` objects straight into the engine
+  core and reads the log-prob arrays of ``EngineCoreOutput`` (skips vLLM's input and output processing; binds to
+  ``vllm.v1.engine``, docs/decoding.md "vLLM internals"); ``"llm"`` uses the public ``LLM.generate``.
+- **Scores** are the full-vocabulary log-softmax, never renormalised after masking (docs/architecture.md).
+  ``config.scoring``: ``"processor"`` (default): the trie logits processor writes the log-softmax on each beam's
+  valid children and ``-inf`` elsewhere, with ``logprobs_mode="processed_logits"``, and each beam asks for
+  ``min(beam_width, #children)`` log-probs; ``"token_ids"``: each beam asks for ``logprob_token_ids`` = its children
+  (chunks of 128, vLLM's bound) in the default ``raw_logprobs`` mode. Unconstrained requests (hallucination): no
+  mask, each beam's ``beam_width`` best tokens; a SID that is not a trie path gets ``sid_row = -1``.
+- **The logits processor** keeps per-row state (depth, node, constrained) from ``extra_args["radgr_sid"]``
+  and masks the batch with :func:`decoding.sid_trie.masked_log_softmax`; it finds the trie through
+  ``vllm_config.additional_config["radgr"]`` (index directory, SID token layout), so it works in another process too.
+- ``RetrievalResult.timings`` (seconds, shared by the batch): ``prefill`` (the level-0 step), ``decode`` (levels 1
+  and 2), ``host`` (radgr's Python between steps), ``finalize`` (beams → items), and the count ``requests``
+  (one-token vLLM requests submitted).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from decoding.engine import MAX_BEAM_WIDTH, RetrievalRequest, RetrievalResult
+from decoding.engine import RetrievalRequest, RetrievalResult
 from decoding.hits import IndexForDecoding, hits_from_beams
+from decoding.sid_trie import TrieLevels, masked_log_softmax
 from decoding.sid_vocab import SidVocab
-from sid_index.prefix_tables import PrefixTables
+from decoding.vllm_config import VllmEngineConfig, context_length, vllm_environment
 from sid_index.tokens import NUM_LEVELS
 
-Scoring = Literal["processor", "token_ids"]
-Driver = Literal["core", "llm"]
 EXTRA_ARGS_KEY = "radgr_sid"
 CONFIG_KEY = "radgr"
 MAX_TOKEN_IDS_PER_REQUEST = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
-
-
-@dataclass(frozen=True)
-class VllmEngineConfig:
-    """Engine options with their bounds; float32 by default (bf16 reorders near-ties on CPU)."""
-
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_model_len: int = 1024
-    kv_cache_gib: float = 1.0  # CPU: VLLM_CPU_KVCACHE_SPACE; ignored on GPU (see gpu_memory_utilization)
-    gpu_memory_utilization: float = 0.85
-    block_size: int = 32
-    max_num_seqs: int = 256
-    max_logprobs: int = MAX_BEAM_WIDTH
-    scoring: Scoring = "processor"
-    driver: Driver = "core"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be one of float32, bfloat16, float16, given {self.dtype!r}")
-        if not 16 <= self.max_model_len <= 131072:
-            raise ValueError(f"max_model_len must be in [16, 131072], given {self.max_model_len}")
-        if not 0.0625 <= self.kv_cache_gib <= 1024:
-            raise ValueError(f"kv_cache_gib must be in [0.0625, 1024], given {self.kv_cache_gib}")
-        if not 0.05 <= self.gpu_memory_utilization <= 0.99:
-            raise ValueError(f"gpu_memory_utilization must be in [0.05, 0.99], given {self.gpu_memory_utilization}")
-        if self.block_size < 16 or self.block_size % 16:
-            raise ValueError(f"block_size must be a multiple of 16 and >= 16, given {self.block_size}")
-        if not 1 <= self.max_num_seqs <= 65536:
-            raise ValueError(f"max_num_seqs must be in [1, 65536], given {self.max_num_seqs}")
-        if not MAX_BEAM_WIDTH <= self.max_logprobs <= 4096:
-            raise ValueError(f"max_logprobs must be in [{MAX_BEAM_WIDTH}, 4096] (at least the beam width), "
-                             f"given {self.max_logprobs}")
-        if self.scoring not in ("processor", "token_ids"):
-            raise ValueError(f"scoring must be 'processor' or 'token_ids', given {self.scoring!r}")
-        if self.driver not in ("core", "llm"):
-            raise ValueError(f"driver must be 'core' or 'llm', given {self.driver!r}")
-
-
-def vllm_environment(config: VllmEngineConfig) -> dict[str, str]:
-    """Environment for an in-process, eager vLLM engine (set before ``import vllm``; existing values are kept).
-
-    Without ``TORCH_COMPILE_DISABLE`` the first request with log-probs spends ~14 s compiling the sampler on CPU.
-    """
-    env = {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(config.kv_cache_gib))),
-        "TORCH_COMPILE_DISABLE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "VLLM_LOGGING_LEVEL": "ERROR",  # its CPU worker warns on every generate call; set the variable to see more
-        "DO_NOT_TRACK": "1",
-    }
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
-    if os.environ["TORCH_COMPILE_DISABLE"] == "1":  # torch read the variable at import; say it again
-        import torch._dynamo
-
-        torch._dynamo.config.disable = True
-    return env
-
-
-# ---------------------------------------------------------------------------------------------- the trie, as arrays
-@dataclass(frozen=True)
-class TrieLevels:
-    """The prefix tables per depth: node ``n`` at depth ``d`` has children ``indptr[d][n]:indptr[d][n+1]`` with
-    level-``d`` codes ``codes[d][...]``; a child's index is its node id at depth ``d+1`` (depth 3 = SID row).
-    ``child_keys[d]`` (``parent · M + code``, sorted) maps (node, code) back to the child."""
-
-    indptr: tuple[np.ndarray, ...]
-    codes: tuple[np.ndarray, ...]
-    child_keys: tuple[np.ndarray, ...]
-    radix: tuple[int, ...]
-
-    @staticmethod
-    def from_tables(tables: PrefixTables) -> TrieLevels:
-        n0 = int(tables.level0.shape[0])
-        indptr = (np.asarray([0, n0], dtype=np.int64), np.asarray(tables.l1_indptr, dtype=np.int64),
-                  np.asarray(tables.l2_indptr, dtype=np.int64))
-        codes = tuple(np.asarray(c, dtype=np.int64) for c in (tables.level0, tables.l1_codes, tables.l2_codes))
-        keys, radix = [], []
-        for ptr, cod in zip(indptr, codes, strict=True):
-            m = int(cod.max()) + 1 if cod.size else 1
-            parent = np.repeat(np.arange(ptr.shape[0] - 1, dtype=np.int64), np.diff(ptr))
-            key = parent * m + cod
-            if key.size > 1 and not bool(np.all(key[1:] > key[:-1])):
-                raise ValueError("prefix tables must list each node's children in ascending code order")
-            keys.append(key)
-            radix.append(m)
-        return TrieLevels(indptr, codes, tuple(keys), tuple(radix))
-
-    def child_count(self, depth: int, nodes: np.ndarray) -> np.ndarray:
-        ptr = self.indptr[depth]
-        counts: np.ndarray = ptr[nodes + 1] - ptr[nodes]
-        return counts
-
-    def children(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(owner [T], child [T])``: every child of ``nodes`` (in order), owner = position in ``nodes``."""
-        ptr = self.indptr[depth]
-        start = ptr[nodes]
-        counts = ptr[nodes + 1] - start
-        owner = np.repeat(np.arange(nodes.shape[0]), counts)
-        first = np.cumsum(counts) - counts
-        child = np.arange(owner.shape[0]) + (start - first)[owner]
-        return owner, child
-
-    def find_child(self, depth: int, nodes: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Child node of ``(nodes, codes)`` at ``depth``, ``-1`` where that code is not a child."""
-        keys = self.child_keys[depth]
-        m = self.radix[depth]
-        ok = (codes >= 0) & (codes < m)
-        want = nodes * m + np.where(ok, codes, 0)
-        pos = np.searchsorted(keys, want).clip(max=max(keys.shape[0] - 1, 0))
-        found = ok & (keys.shape[0] > 0) & (keys[pos] == want)
-        return np.where(found, pos, -1)
 
 
 # ---------------------------------------------------------------------------------------------- logits processor
@@ -186,38 +65,6 @@ def _load_processor_setup(additional: dict[str, Any]) -> tuple[TrieLevels, tuple
 
     index = SidIndex.load(cfg["index_dir"], verify_checksums=False)
     return TrieLevels.from_tables(index.tables), tuple(int(o) for o in cfg["offsets"]), int(cfg["eos_id"])
-
-
-def masked_log_softmax(logits: torch.Tensor, rows: torch.Tensor, depth: torch.Tensor, node: torch.Tensor,
-                       constrained: torch.Tensor, trie: TrieLevels, offsets: Sequence[int], eos_id: int
-                       ) -> torch.Tensor:
-    """Pure core of the processor: ``logits [N, V]`` → same shape, rows ``rows [K]`` replaced by their log-softmax
-    over the full vocabulary, ``-inf`` outside the valid children of (``depth``, ``node``) where ``constrained``
-    (depth 3 allows only EOS). Other rows are returned unchanged."""
-    if rows.numel() == 0:
-        return logits
-    sub = torch.log_softmax(logits.index_select(0, rows).float(), dim=-1)
-    allowed = torch.zeros_like(sub, dtype=torch.bool)
-    dep = depth.cpu().numpy()
-    nod = node.cpu().numpy()
-    con = constrained.cpu().numpy()
-    for d in range(NUM_LEVELS + 1):  # a loop over depths, not over rows or tokens
-        sel = np.nonzero(con & (dep == d))[0]
-        if sel.size == 0:
-            continue
-        if d == NUM_LEVELS:
-            allowed[torch.as_tensor(sel), eos_id] = True
-            continue
-        owner, child = trie.children(d, nod[sel])
-        tok = offsets[d] + trie.codes[d][child]
-        allowed[torch.as_tensor(sel[owner]), torch.as_tensor(tok)] = True
-    free = torch.as_tensor(~con)
-    allowed |= free[:, None]
-    sub = torch.where(allowed, sub, torch.full_like(sub, float("-inf")))
-    out = logits.clone() if logits.dtype != sub.dtype else logits
-    out = out.float() if out.dtype != torch.float32 else out
-    out[rows] = sub
-    return out
 
 
 def _processor_class() -> type:
@@ -282,15 +129,6 @@ def _processor_class() -> type:
 
 
 # ---------------------------------------------------------------------------------------------- the engine
-def _context_length(model_dir: Path, wanted: int) -> int:
-    """``wanted``, capped by the model's ``max_position_embeddings`` (vLLM refuses a longer context)."""
-    try:
-        limit = int(json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings", wanted))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"model directory {str(model_dir)!r} has no readable config.json: {exc}") from exc
-    return min(wanted, limit)
-
-
 @dataclass
 class _Beams:
     """Live beams of every request, flat: request ``req[i]``, tokens ``tokens[i, :level]``, node, score."""
@@ -316,7 +154,7 @@ class VllmBeamEngine:
         self.vocab = vocab
         self.index = index
         self.trie = TrieLevels.from_tables(index.tables)
-        self.max_model_len = _context_length(Path(model_dir), self.config.max_model_len)
+        self.max_model_len = context_length(Path(model_dir), self.config.max_model_len)
         self._offsets = np.asarray(vocab.offsets, dtype=np.int64)
         self._sizes = np.asarray(vocab.sizes, dtype=np.int64)
         cfg = self.config
@@ -539,7 +377,7 @@ class VllmBeamEngine:
         rows = beams.node.copy()
         free = ~constrained[beams.req]
         if free.any():
-            rows[free] = self._sid_rows(codes[free])
+            rows[free] = self.trie.sid_rows(codes[free])
         out = []
         bounds = np.searchsorted(beams.req, np.arange(len(requests) + 1), side="left")
         for r, req in enumerate(requests):
@@ -547,16 +385,6 @@ class VllmBeamEngine:
             out.append(hits_from_beams(codes[s:e], tokens[s:e], beams.score[s:e].astype(np.float32), rows[s:e],
                                        self.index, req.top_k_items))
         return out
-
-    def _sid_rows(self, codes: np.ndarray) -> np.ndarray:
-        """Rows of SIDs given as codes ``[n, 3]`` (``-1`` = not a SID token); ``-1`` where not a path of the trie."""
-        node = np.zeros(codes.shape[0], dtype=np.int64)
-        alive = np.ones(codes.shape[0], dtype=bool)
-        for d in range(NUM_LEVELS):
-            nxt = self.trie.find_child(d, node, np.where(alive, codes[:, d], -1))
-            alive &= nxt >= 0
-            node = np.where(alive, nxt, 0)
-        return np.where(alive, node, -1)
 
     def close(self) -> None:
         """Shut the engine core down now (KV cache, workers, vLLM's process-global distributed state), so that a

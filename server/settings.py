@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from decoding.engine import MAX_BEAM_WIDTH
 from decoding.engine_factory import EngineOptions
-from decoding.vllm_engine import VllmEngineConfig
+from decoding.vllm_config import VllmEngineConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

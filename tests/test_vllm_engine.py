@@ -27,7 +27,8 @@ from test_bundle_fixtures import make_tiny_bundle
 from decoding.bundle import INDEX_DIR, Bundle, load_bundle
 from decoding.engine import RetrievalRequest, RetrievalResult
 from decoding.torch_engine import TorchBeamEngine
-from decoding.vllm_engine import Driver, Scoring, VllmBeamEngine, VllmEngineConfig
+from decoding.vllm_config import Driver, Scoring, VllmEngineConfig
+from decoding.vllm_engine import VllmBeamEngine
 
 pytestmark = pytest.mark.slow
 SCORE_TOL = 1e-4

@@ -1,6 +1,6 @@
-"""The pure core of the vLLM engine's trie logits processor and its CSR trie view, against slow references.
+"""decoding.sid_trie: the per-depth trie view and the processor's masked log-softmax, against slow references.
 
-These need no vLLM: ``decoding.vllm_engine`` imports vLLM only when an engine starts.
+These need no vLLM.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoding.vllm_engine import TrieLevels, masked_log_softmax
+from decoding.sid_trie import TrieLevels, masked_log_softmax
 from sid_index.prefix_tables import PrefixTables
 
 OFFSETS = (10, 30, 50)
