@@ -68,7 +68,7 @@ def _run(target: Any, *args: Any) -> dict[str, Any]:
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    result = q.get()
+    result: dict[str, Any] = q.get()
     p.join()
     return result
 

@@ -39,7 +39,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoding.beam_search import TrieTensors, csr_expand
-from decoding.engine import RetrievalRequest
+from decoding.engine import RetrievalRequest, RetrievalResult
 from decoding.sid_vocab import SidVocab
 from decoding.torch_engine import TorchBeamEngine
 from sid_index.prefix_tables import PrefixTables
@@ -152,11 +152,14 @@ def hf_generate(model: Any, prompt: list[int], width: int, vocab: SidVocab, tabl
     return seconds, out.sequences[:, plen:].numpy(), out.sequences_scores.float().numpy(), cpu
 
 
-def ours(engine: TorchBeamEngine, prompts: list[list[int]], width: int, batch: int) -> tuple[float, list, dict]:
+def ours(engine: TorchBeamEngine, prompts: list[list[int]], width: int, batch: int
+         ) -> tuple[float, list[RetrievalResult], dict[str, float]]:
     """Median wall seconds per request (``batch`` requests per call) and the results; timings summed by phase
     (plus ``cpu_s``: median process CPU seconds per request)."""
     reqs = [RetrievalRequest(tuple(p), beam_width=width, top_k_items=width) for p in prompts]
-    per_request, per_request_cpu, results = [], [], []
+    per_request: list[float] = []
+    per_request_cpu: list[float] = []
+    results: list[RetrievalResult] = []
     phases: dict[str, float] = {}
     for i in range(0, len(reqs), batch):
         chunk = reqs[i:i + batch]
@@ -207,7 +210,7 @@ def share(phases: dict[str, float]) -> float:
     return phases["masking"] / sum(phases[k] for k in ("prefill", "decode", "masking", "finalize"))
 
 
-def compare(results: list, hf: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def compare(results: list[RetrievalResult], hf: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     same, max_diff = 0, 0.0
     for res, (toks, scores) in zip(results, hf, strict=True):
         mine = np.asarray([h.token_ids for h in res.sids])

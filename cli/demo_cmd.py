@@ -128,7 +128,7 @@ def _example_query(samples: Path) -> str:
 
     table = pq.read_table(samples / "test.parquet", columns=["prompt"])
     for prompt in table.column("prompt").to_pylist()[:200]:
-        first = prompt.split("\n", 1)[0]
+        first: str = prompt.split("\n", 1)[0]
         if first.startswith("query: ") and len(first) > len("query: "):
             return first[len("query: "):]
     return ""

@@ -49,7 +49,8 @@ def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
         tie_word_embeddings=False, attn_implementation="sdpa",
     )
-    model = Qwen3ForCausalLM(cfg).eval()
+    model = Qwen3ForCausalLM(cfg)
+    model.eval()
     return model
 
 

@@ -21,7 +21,8 @@ def _text_embeddings(titles: list[str], dim: int = 64) -> np.ndarray:
     for i, t in enumerate(titles):
         for w in title_words(t):
             x[i, sum(map(ord, w)) % dim] += 1.0
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+    return unit
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from sid_index.catalog import Catalog, read_catalog, write_catalog
-from training.data.schema import read_sessions
+from training.data.schema import Session, read_sessions
 from training.data.sim_config import SimConfig
-from training.data.simulator import add_typo, iter_simulated_sessions, simulate_to_dir
+from training.data.simulator import SimStats, add_typo, iter_simulated_sessions, simulate_to_dir
 from training.data.world import generate_world, world_from_catalog
 
 SMALL = {"items": 400, "users": 60, "sessions_per_day": 150, "days": 3}
@@ -58,7 +58,7 @@ def test_sessions_and_truth_are_consistent(tmp_path: Path) -> None:
 
 def test_users_history_grows_with_their_clicks(tmp_path: Path) -> None:
     simulate_to_dir(SimConfig(**SMALL), tmp_path)
-    by_user: dict[str, list] = {}
+    by_user: dict[str, list[Session]] = {}
     for s in read_sessions(tmp_path / "sessions.parquet"):
         by_user.setdefault(s.user_id, []).append(s)
     checked = 0
@@ -74,7 +74,7 @@ def test_position_bias_raises_the_pseudo_negative_rate() -> None:
     world = generate_world(SimConfig(**SMALL))
     rates = []
     for bias in (0.0, 2.0):
-        out: list = []
+        out: list[SimStats] = []
         for _ in iter_simulated_sessions(world, SimConfig(**SMALL, position_bias=bias), stats_out=out):
             pass
         rates.append(out[0].pseudo_negative_rate)

@@ -49,7 +49,7 @@ def _sample(sid: str, prompt: str, positives: Sequence[str], relevant: Sequence[
 class _CharTokenizer:
     """Prompt ids = character codes (enough for a fake engine keyed by prompt)."""
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         return {"input_ids": [ord(c) for c in text]}
 
 

@@ -136,7 +136,7 @@ def test_413_declared_and_streamed_bodies(client: TestClient) -> None:
     assert r.status_code == 413
     _assert_error_shape(r.json(), "invalid_request_error")
 
-    def chunks():  # no Content-Length: the limit must count streamed bytes
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must count streamed bytes
         for i in range(0, len(big), 1000):
             yield big[i:i + 1000]
 

@@ -41,8 +41,8 @@ def _setup(n: int = 8, seed: int = 0) -> tuple[Any, Any, list[dict[str, Any]]]:
     return tok, model, _examples(n, tok)
 
 
-def _train(tmp: Path, tok: Any, model: Any, rows: list, cfg: TrainConfig, *, resume: bool = False,
-           callbacks: list | None = None) -> SftTrainer:
+def _train(tmp: Path, tok: Any, model: Any, rows: list[dict[str, Any]], cfg: TrainConfig, *, resume: bool = False,
+           callbacks: list[TrainerCallback] | None = None) -> SftTrainer:
     trainer = SftTrainer(model=model, args=training_arguments(cfg, tmp, disable_tqdm=True),
                          train_dataset=ListDataset(rows), data_collator=SftCollator(int(tok.pad_token_id)),
                          callbacks=[*run_callbacks(tmp), *(callbacks or [])])
@@ -50,7 +50,7 @@ def _train(tmp: Path, tok: Any, model: Any, rows: list, cfg: TrainConfig, *, res
     return trainer
 
 
-def _manual_sgd_step(model: Any, tok: Any, rows: list, lr: float) -> dict[str, torch.Tensor]:
+def _manual_sgd_step(model: Any, tok: Any, rows: list[dict[str, Any]], lr: float) -> dict[str, torch.Tensor]:
     """p - lr * grad(mean over all rows of the per-pair loss): the obviously-correct reference."""
     model.zero_grad()
     batch = SftCollator(int(tok.pad_token_id))(rows)
@@ -135,7 +135,7 @@ class _CountingTrainer(SftTrainer):
     def __init__(self, *a: Any, **k: Any) -> None:
         super().__init__(*a, **k)
         self.seen = 0
-        self.loaded: dict | None = None
+        self.loaded: dict[str, Any] | None = None
 
     def compute_loss_sum(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         self.seen += 1
@@ -149,7 +149,7 @@ class _CountingTrainer(SftTrainer):
         self.seen = int(state["seen"])
 
 
-def _counting_train(run: Path, tok: Any, model: Any, rows: list, cfg: TrainConfig, resume: bool,
+def _counting_train(run: Path, tok: Any, model: Any, rows: list[dict[str, Any]], cfg: TrainConfig, resume: bool,
                     stop_at: int | None) -> _CountingTrainer:
     trainer = _CountingTrainer(model=model, args=training_arguments(cfg, run, disable_tqdm=True),
                                train_dataset=ListDataset(rows), data_collator=SftCollator(int(tok.pad_token_id)),

@@ -116,7 +116,8 @@ def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> 
         raise ValueError(f"model directory {path} has no config.json")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa",
                                                  local_files_only=True)
-    return model.eval()
+    model.eval()
+    return model
 
 
 def hf_generation_config(eos_token_id: int | None, pad_token_id: int | None) -> GenerationConfig:
@@ -150,7 +151,8 @@ def read_train_info(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / TRAIN_INFO_FILE
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return info
 
 
 def _json_default(obj: Any) -> Any:

@@ -121,7 +121,8 @@ def last_checkpoint(run_dir: str | Path) -> str | None:
     ckdir = Path(run_dir) / CHECKPOINTS_SUBDIR
     if not ckdir.is_dir():
         return None
-    return get_last_checkpoint(str(ckdir))
+    newest: str | None = get_last_checkpoint(str(ckdir))  # transformers leaves it unannotated
+    return newest
 
 
 # ---------------------------------------------------------------- the trainer
