@@ -1,5 +1,5 @@
 # The two commands of README.md. Both create .venv/ if it is missing and install into it.
-.PHONY: demo test setup lint
+.PHONY: demo test
 
 SHELL := /bin/bash
 

@@ -11,7 +11,7 @@ reference model is part of DPO's cost). Median over ``--repeats``; prints a tabl
 ``OUT/bench_align.json`` and ``OUT/bench_align.png``.
 
 Without ``--sft/--samples`` it builds a synthetic world: the ``tiny`` model preset, 2 positives and 3 negatives
-per session, prompts of about ``--prompt-tokens`` tokens (history SIDs), as in notes/performance.md's calibration.
+per session, prompts of about ``--prompt-tokens`` tokens (history SIDs), as in docs/alignment.md's benchmark.
 """
 
 from __future__ import annotations
