@@ -31,3 +31,15 @@ def test_readme_commands_exist_in_makefile_and_ci_runs_the_test_command() -> Non
     assert "make demo" in readme and "make test" in readme
     assert "\ndemo:" in makefile and "\ntest:" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_docs_name_only_files_that_exist() -> None:
+    """Every source path the README and docs/*.md mention (``decoding/engine.py``, ``scripts/setup.sh``) exists."""
+    import re
+
+    pattern = re.compile(r"\b(?:sid_index|decoding|training|server|cli|loadtest|benchmarks|tests|scripts)/"
+                         r"[A-Za-z0-9_/]+\.(?:py|sh)\b")
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = sorted({f"{t.name}: {m}" for t in texts for m in pattern.findall(t.read_text())
+                      if not (ROOT / m).exists()})
+    assert not missing, f"docs name files that do not exist: {missing}"
