@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -50,6 +50,10 @@ from decoding.sid_trie import TrieLevels, masked_log_softmax
 from decoding.sid_vocab import SidVocab
 from decoding.vllm_config import VllmEngineConfig, context_length, vllm_environment
 from sid_index.tokens import NUM_LEVELS
+
+if TYPE_CHECKING:  # types only: this module imports vLLM lazily
+    from vllm.logprobs import FlatLogprobs
+    from vllm.v1.engine.core_client import InprocClient
 
 EXTRA_ARGS_KEY = "radgr_sid"
 CONFIG_KEY = "radgr"
@@ -181,7 +185,7 @@ class VllmBeamEngine:
             from vllm.v1.engine import EngineCoreRequest
 
             self._core_request = EngineCoreRequest
-            self._core = self.llm.llm_engine.engine_core  # the in-process client (InprocClient)
+            self._core = cast("InprocClient", self.llm.llm_engine.engine_core)  # the in-process client
 
     # -- sampling parameters, built once per (level, node, fan-out, mode) and never cloned
     def _params(self, depth: int, node: int, k: int, constrained: bool) -> Any:
@@ -264,10 +268,12 @@ class VllmBeamEngine:
 
     def _run_llm(self, prompts: list[list[int]], params: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The public path: ``LLM.generate`` (input processing, detokeniser-free output processing, flat log-probs)."""
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        from vllm.inputs import TokensPrompt
+
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         got = []
         for out in outs:
-            lp = out.outputs[0].logprobs
+            lp = cast("FlatLogprobs", out.outputs[0].logprobs)  # every request asks for flat_logprobs
             s, e = lp.start_indices[0], lp.end_indices[0]
             got.append((np.asarray(lp.token_ids[s:e], dtype=np.int64), np.asarray(lp.logprobs[s:e], dtype=np.float64)))
         return got
@@ -291,11 +297,11 @@ class VllmBeamEngine:
                 if not outputs and not self._core.engine_core.scheduler.has_requests():
                     raise RuntimeError(f"vLLM engine core finished with {len(pos)} requests unanswered")
                 for o in outputs:
-                    i = pos.pop(o.request_id, None)
-                    if i is None or o.new_logprobs is None:
+                    row = pos.pop(o.request_id, None)
+                    if row is None or o.new_logprobs is None:
                         continue
-                    got[i] = (np.asarray(o.new_logprobs.logprob_token_ids[0], dtype=np.int64),
-                              np.asarray(o.new_logprobs.logprobs[0], dtype=np.float64))
+                    got[row] = (np.asarray(o.new_logprobs.logprob_token_ids[0], dtype=np.int64),
+                                np.asarray(o.new_logprobs.logprobs[0], dtype=np.float64))
         except BaseException:
             if pos:
                 self._core.abort_requests(list(pos))
