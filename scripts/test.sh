@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command's body (run through `make test`, which installs first): lint, layer contracts, pytest.
+# The test command's body (run through `make test`, which installs first): lint, layer contracts, types, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -7,6 +7,8 @@ echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] import-linter"
 .venv/bin/lint-imports
+echo "[test] mypy"
+.venv/bin/mypy  # files and strictness from [tool.mypy] in pyproject.toml
 echo "[test] pytest"
 set +e
 .venv/bin/python -m pytest "$@"

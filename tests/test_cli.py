@@ -43,6 +43,7 @@ def test_every_cli_line_of_the_readme_is_a_real_command_with_real_options(
             if w.startswith("-") or w.startswith("[") or not re.fullmatch(r"[a-z][a-z-]*", w):
                 break
             path.append(w)
+        code: int | str | None
         try:
             code = main([*path, "--help"])
         except SystemExit as exc:
