@@ -84,7 +84,9 @@ def demo_command(
     _run_step("rad-dpo", ["train", "align", "--method", "rad-dpo", "--sft", f"{sft}/final", "--samples", samples,
                           "--out", rad, "--max-steps", "300", "--lr", "5e-5"], done, [Path(rad) / "final"])
     for name, model in (("eval-sft", f"{sft}/final"), ("eval-rad-dpo", f"{rad}/final")):
-        _run_step(name, ["eval", "--model", model, "--index", index, "--samples", samples,
+        # the PyTorch engine: 2x faster than vLLM on CPU, same metrics (tests/test_vllm_engine.py); the server below
+        # runs with --engine auto (vLLM where installed)
+        _run_step(name, ["eval", "--model", model, "--index", index, "--samples", samples, "--engine", "torch",
                          "--out", f"{w}/{name}.json", "--limit", "400"], done, [Path(f"{w}/{name}.json")])
     _run_step("export", ["export", "--checkpoint", f"{rad}/final", "--index", index, "--samples", samples,
                          "--metrics", f"{w}/eval-rad-dpo.json", "--out", bundle], done, [Path(bundle)])
