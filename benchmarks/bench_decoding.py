@@ -76,9 +76,11 @@ def build_model(seed: int = 0) -> tuple[Any, SidVocab]:
     torch.manual_seed(seed)
     vocab_size = TEXT_TOKENS + sum(SIZES)
     # attn_implementation is a PreTrainedConfig keyword its typed dataclass signature does not list
-    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=256,  # type: ignore[call-arg]  # untyped kwarg intermediate_size=768, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
-                      tie_word_embeddings=False, attn_implementation="sdpa")
+    cfg = Qwen3Config(  # type: ignore[call-arg]  # untyped kwarg
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
+        tie_word_embeddings=False, attn_implementation="sdpa",
+    )
     model = Qwen3ForCausalLM(cfg).eval()
     offsets = (TEXT_TOKENS, TEXT_TOKENS + SIZES[0], TEXT_TOKENS + SIZES[0] + SIZES[1])
     return model, SidVocab(offsets, SIZES, eos_id=2, vocab_size=vocab_size)
