@@ -73,7 +73,7 @@ def _profile(engine: Any, reqs: Sequence[Any]) -> dict[str, Any]:
     res = [engine.retrieve_batch([r]) for r in reqs]
     prof.disable()
     wall = time.perf_counter() - t0
-    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]  # typeshed omits Stats.stats
     share: dict[str, float] = {}
     for label, keys in BUCKETS:
         best = 0.0
@@ -94,20 +94,22 @@ def _profile(engine: Any, reqs: Sequence[Any]) -> dict[str, Any]:
 def _engines_part(bundle_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from decoding.bundle import INDEX_DIR, load_bundle
     from decoding.torch_engine import TorchBeamEngine
-    from decoding.vllm_config import VllmEngineConfig
+    from decoding.vllm_config import Driver, Scoring, VllmEngineConfig
     from decoding.vllm_engine import VllmBeamEngine
 
     bundle = load_bundle(bundle_dir)
     rows: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
-    def vllm(scoring: str, driver: str) -> Callable[[], Any]:
-        cfg = VllmEngineConfig(scoring=scoring, driver=driver)  # type: ignore[arg-type]  # literal strings below
+    def vllm(scoring: Scoring, driver: Driver) -> Callable[[], Any]:
+        cfg = VllmEngineConfig(scoring=scoring, driver=driver)
         return lambda: VllmBeamEngine(bundle.model_dir, bundle.vocab, bundle.index, bundle_dir / INDEX_DIR, cfg)
 
+    drivers: tuple[Driver, ...] = ("llm", "core")
+    scorings: tuple[Scoring, ...] = ("processor", "token_ids")
     engines: list[tuple[str, Callable[[], Any]]] = [
         ("torch", lambda: TorchBeamEngine(bundle.model, bundle.vocab, bundle.index)),
         *((f"vllm/{scoring}/{driver}", vllm(scoring, driver))
-          for driver in ("llm", "core") for scoring in ("processor", "token_ids")),
+          for driver in drivers for scoring in scorings),
     ]
     for name, make in engines:
         t0 = time.perf_counter()
