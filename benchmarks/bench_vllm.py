@@ -61,7 +61,7 @@ BUCKETS = [
     ("vllm schedule", ("scheduler.py:schedule",)),
     ("model forward", ("model_runner.py:_model_forward", "qwen3.py:forward")),
     ("sampler", ("sampler.py:forward",)),
-    ("radgr mask", ("vllm_engine.py:masked_log_softmax",)),
+    ("radgr mask", ("sid_trie.py:masked_log_softmax",)),
     ("vllm output", ("output_processor.py:process_outputs", "scheduler.py:update_from_output")),
 ]
 

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -109,11 +110,17 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         t0 = time.monotonic()
         bundle = await asyncio.to_thread(load_bundle, settings.bundle, with_model=needs_hf_model(settings.engine))
-        engine = await asyncio.to_thread(factory, bundle, settings)
+        # the engine is built on the thread that will run every batch (vLLM binds its threads to its creator)
+        engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radgr-engine")
+        try:
+            engine = await asyncio.get_running_loop().run_in_executor(engine_thread, factory, bundle, settings)
+        except BaseException:
+            engine_thread.shutdown(wait=False)
+            raise
         batcher = MicroBatcher(engine.retrieve_batch, BatcherConfig(
             max_wait_s=settings.max_wait_ms / 1000.0, max_batch_requests=settings.max_batch_requests,
             max_batch_rows=settings.max_batch_rows, max_queue_requests=settings.max_queue_requests,
-            max_queue_rows=settings.max_queue_rows), metrics, engine.name)
+            max_queue_rows=settings.max_queue_rows), metrics, engine.name, engine_thread=engine_thread)
         state.bundle, state.engine, state.batcher = bundle, engine, batcher
         metrics.set_build_info(version=VERSION, engine=engine.name, model=bundle.name,
                                prompt_version=PROMPT_VERSION, bundle_format=str(bundle.format_version))
