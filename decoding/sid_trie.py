@@ -89,6 +89,13 @@ class TrieLevels:
             node = np.where(alive, nxt, 0)
         return np.where(alive, node, -1)
 
+def trie_of_index(index_dir: str) -> TrieLevels:
+    """The trie of a saved SID index (checksums not re-read: whoever started the engine loaded the index verified)."""
+    from sid_index.index import SidIndex
+
+    return TrieLevels.from_tables(SidIndex.load(index_dir, verify_checksums=False).tables)
+
+
 def masked_log_softmax(logits: torch.Tensor, rows: torch.Tensor, depth: torch.Tensor, node: torch.Tensor,
                        constrained: torch.Tensor, trie: TrieLevels, offsets: Sequence[int], eos_id: int
                        ) -> torch.Tensor:

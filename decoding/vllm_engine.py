@@ -46,7 +46,7 @@ import torch
 
 from decoding.engine import RetrievalRequest, RetrievalResult
 from decoding.hits import IndexForDecoding, hits_from_beams
-from decoding.sid_trie import TrieLevels, masked_log_softmax
+from decoding.sid_trie import TrieLevels, masked_log_softmax, trie_of_index
 from decoding.sid_vocab import SidVocab
 from decoding.vllm_config import VllmEngineConfig, context_length, vllm_environment
 from sid_index.tokens import NUM_LEVELS
@@ -61,16 +61,6 @@ MAX_TOKEN_IDS_PER_REQUEST = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
 
 
 # ---------------------------------------------------------------------------------------------- logits processor
-def _load_processor_setup(additional: dict[str, Any]) -> tuple[TrieLevels, tuple[int, ...], int] | None:
-    cfg = additional.get(CONFIG_KEY)
-    if not cfg:
-        return None
-    from sid_index.index import SidIndex
-
-    index = SidIndex.load(cfg["index_dir"], verify_checksums=False)
-    return TrieLevels.from_tables(index.tables), tuple(int(o) for o in cfg["offsets"]), int(cfg["eos_id"])
-
-
 def _processor_class() -> type:
     """The :class:`SidTrieLogitsProcessor` class (built lazily so that this module imports without vLLM)."""
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
@@ -79,13 +69,11 @@ def _processor_class() -> type:
         """Trie mask + log-softmax on the rows whose ``extra_args`` carry ``radgr_sid = [depth, node, constrained]``."""
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-            setup = _load_processor_setup(dict(vllm_config.additional_config or {}))
-            self.active = setup is not None
-            self.trie: TrieLevels | None = None
-            self.offsets: tuple[int, ...] = ()
-            self.eos_id = -1
-            if setup is not None:
-                self.trie, self.offsets, self.eos_id = setup
+            cfg = dict(vllm_config.additional_config or {}).get(CONFIG_KEY)  # None: not radgr's engine, pass through
+            self.active = bool(cfg)
+            self.trie: TrieLevels | None = trie_of_index(cfg["index_dir"]) if cfg else None
+            self.offsets: tuple[int, ...] = tuple(int(o) for o in cfg["offsets"]) if cfg else ()
+            self.eos_id = int(cfg["eos_id"]) if cfg else -1
             self.state: dict[int, tuple[int, int, bool]] = {}
             self.device = device
 
