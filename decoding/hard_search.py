@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sid_index.atomic_files import write_text_atomic
+
 T = TypeVar("T")
 
 FORMAT = "radgr-query-categorizer-v1"
@@ -124,12 +126,7 @@ class QueryCategorizer:
                                 for c, wc in data["word_counts"].items()})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, p)
-        return p
+        return write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> QueryCategorizer:
