@@ -14,7 +14,11 @@ Contract:
   :func:`decoding.request_prompt.encode_request_prompt`, the batcher runs the engine, :mod:`server.responses`
   builds the body; a full queue, draining or not being ready answers 503 + ``Retry-After`` (counted as a
   rejection), a passed deadline 504, and a client that disconnects cancels its request
-  (:mod:`server.disconnect`; dropped from the queue if not yet batched).
+  (:mod:`server.disconnect`; dropped from the queue if not yet batched). An engine that raises or answers
+  malformed results answers 500 (code ``engine_error``, no internals); the server stays up.
+- ``/live`` answers 503 (code ``engine_dead``, the reason in the message) while the batcher says the engine is dead
+  (failed batches in a row, or a batch hung past ``engine_stall_s``) and 200 again once it recovers; the warm-up
+  request is the batcher's probe (:meth:`server.batcher.MicroBatcher.set_probe`).
 - The uvicorn runner with the SIGTERM drain is :mod:`server.runner`.
 """
 
@@ -83,6 +87,8 @@ async def _retrieve(state: ServingState, settings: ServerSettings, body: schemas
                        "timeout_error", code="deadline_exceeded") from None
     except BatcherClosed:
         raise _unavailable(state, settings, "draining", "the server is shutting down") from None
+    except Exception:  # the engine raised or answered malformed results; the batcher logged it with its traceback
+        raise ApiError(500, "the engine failed to serve this request", "server_error", code="engine_error") from None
     finally:
         state.in_flight -= 1
     return build_response(state, body, prompt, outcome, t_arrival)
@@ -94,9 +100,10 @@ async def _warm_up(state: ServingState, settings: ServerSettings) -> None:
     prompt = encode_request_prompt(bundle.tokenizer, "", {}, [], bundle.index, bundle.categorizer,
                                    bundle.prompt_config)
     t0 = time.monotonic()
-    await state.batcher.retrieve(RetrievalRequest(prompt.token_ids, beam_width=settings.warmup_beam_width,
-                                                  top_k_items=10), t0 + WARMUP_TIMEOUT_S)
+    request = RetrievalRequest(prompt.token_ids, beam_width=settings.warmup_beam_width, top_k_items=10)
+    await state.batcher.retrieve(request, t0 + WARMUP_TIMEOUT_S)
     state.warmup_seconds = time.monotonic() - t0
+    state.batcher.set_probe(request)
 
 
 def create_app(settings: ServerSettings | None = None, engine_factory: EngineFactory | None = None) -> FastAPI:
@@ -120,7 +127,8 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
         batcher = MicroBatcher(engine.retrieve_batch, BatcherConfig(
             max_wait_s=settings.max_wait_ms / 1000.0, max_batch_requests=settings.max_batch_requests,
             max_batch_rows=settings.max_batch_rows, max_queue_requests=settings.max_queue_requests,
-            max_queue_rows=settings.max_queue_rows), metrics, engine.name, engine_thread=engine_thread)
+            max_queue_rows=settings.max_queue_rows, stall_s=settings.engine_stall_s,
+            probe_interval_s=settings.engine_probe_interval_s), metrics, engine.name, engine_thread=engine_thread)
         state.bundle, state.engine, state.batcher = bundle, engine, batcher
         metrics.set_build_info(version=VERSION, engine=engine.name, model=bundle.name,
                                prompt_version=PROMPT_VERSION, bundle_format=str(bundle.format_version))
@@ -157,11 +165,13 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
                            code="client_closed") from None
 
     @app.get("/live", response_model=schemas.HealthResponse,
-             responses={503: {"model": schemas.ErrorResponse, "description": "The engine is dead."}},
+             responses={503: {"model": schemas.ErrorResponse,
+                              "description": "The engine is dead (failing or hung); 200 again once it recovers."}},
              summary="200 unless the engine is dead.")
     async def live(serving: ServingState = Depends(get_state)) -> schemas.HealthResponse:
-        if not serving.alive:
-            raise ApiError(503, "the engine is dead", "server_error", code="engine_dead")
+        reason = serving.dead_reason
+        if reason is not None:
+            raise ApiError(503, f"the engine is dead: {reason}", "server_error", code="engine_dead")
         return schemas.HealthResponse(status="ok")
 
     @app.get("/ready", response_model=schemas.HealthResponse,

@@ -14,7 +14,14 @@ Contract (docs/serving.md "Serving behaviour"):
 5. The engine's ``retrieve_batch`` runs in one dedicated worker thread (it owns the device), never on the event
    loop, one batch at a time.
 6. ``wait`` raises :class:`DeadlineExceeded` at the deadline (→ 504) even if the batch is still running;
-   an engine exception is re-raised in every waiter of that batch (→ 500).
+   an engine exception is re-raised in every waiter of that batch (→ 500). Results that are not one
+   :class:`RetrievalResult` per request count as an engine failure (a ``RuntimeError`` saying so); no engine fault
+   stops the dispatcher.
+7. Health: :attr:`MicroBatcher.alive` is False while the engine has failed ``DEAD_AFTER_FAILURES`` batches in a row
+   or a batch has run longer than ``stall_s`` (a hung engine), and True again once a batch succeeds or the hung
+   batch returns. While dead and idle the dispatcher retries the probe request (:meth:`MicroBatcher.set_probe`,
+   the warm-up request) every ``probe_interval_s``, so the engine recovers without traffic (a server out of its
+   load balancer's rotation gets none). :attr:`MicroBatcher.dead_reason` says why it is dead.
 """
 
 from __future__ import annotations
@@ -61,10 +68,16 @@ class BatcherConfig:
     max_batch_rows: int = 1024
     max_queue_requests: int = 64
     max_queue_rows: int = 8192
+    stall_s: float = 60.0  # a batch running longer than this marks the engine dead (hung) until it returns
+    probe_interval_s: float = 5.0  # while dead and idle, retry the probe request this often
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_wait_s <= 10.0:
             raise ValueError(f"max_wait_s must be in [0, 10], given {self.max_wait_s}")
+        if not 0.01 <= self.stall_s <= 3600.0:
+            raise ValueError(f"stall_s must be in [0.01, 3600], given {self.stall_s}")
+        if not 0.01 <= self.probe_interval_s <= 3600.0:
+            raise ValueError(f"probe_interval_s must be in [0.01, 3600], given {self.probe_interval_s}")
         for name in ("max_batch_requests", "max_batch_rows", "max_queue_requests", "max_queue_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, given {getattr(self, name)}")
@@ -115,6 +128,9 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._consecutive_failures = 0
+        self._batch_started: float | None = None  # time.monotonic() when the running batch (or probe) started
+        self._probe: RetrievalRequest | None = None
+        self._engine_busy = False  # set on the worker thread while the engine call runs
         self._closing = False
         self.batches_run = 0
 
@@ -139,13 +155,33 @@ class MicroBatcher:
                 job.future.set_exception(BatcherClosed("the server is shutting down"))
         self._publish()
         if self._executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+            if self._engine_busy:  # a hung engine call cannot be interrupted: do not wait for it
+                logger.warning("stopping while an engine batch still runs; not waiting for it")
+                self._executor.shutdown(wait=False)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    def set_probe(self, request: RetrievalRequest) -> None:
+        """The request retried while the engine is dead and no traffic comes (the app gives its warm-up)."""
+        self._probe = request
+
+    @property
+    def dead_reason(self) -> str | None:
+        """None while the engine is alive; otherwise why not (contract item 7)."""
+        if self._task is None or self._task.done():
+            return "the batch dispatcher is not running"
+        if self._consecutive_failures >= DEAD_AFTER_FAILURES:
+            return f"the engine failed {self._consecutive_failures} batches in a row"
+        started = self._batch_started
+        if started is not None and time.monotonic() - started > self.cfg.stall_s:
+            return f"an engine batch has been running for {time.monotonic() - started:.0f} s"
+        return None
 
     @property
     def alive(self) -> bool:
-        """False once the dispatcher died or the engine failed ``DEAD_AFTER_FAILURES`` batches in a row."""
-        return (self._task is not None and not self._task.done()
-                and self._consecutive_failures < DEAD_AFTER_FAILURES)
+        """False while the dispatcher is stopped, the engine failed ``DEAD_AFTER_FAILURES`` batches in a row, or a
+        batch has run past ``stall_s``; see :attr:`dead_reason`."""
+        return self.dead_reason is None
 
     @property
     def queued_requests(self) -> int:
@@ -243,12 +279,21 @@ class MicroBatcher:
         self._publish()
         return batch
 
+    def _needs_probe(self) -> bool:
+        return self._probe is not None and self._consecutive_failures >= DEAD_AFTER_FAILURES
+
     async def _dispatch_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._changed.clear()
-                await self._changed.wait()
+                if not self._needs_probe():
+                    await self._changed.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=self.cfg.probe_interval_s)
+                if not self._queue and self._needs_probe():
+                    await self._run_probe(loop)
                 continue
             wait_until = self._queue[0].enqueued + self.cfg.max_wait_s
             while self._queue and not self._batch_is_full():
@@ -259,8 +304,43 @@ class MicroBatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=remaining)
             batch = self._take_batch()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._run(loop, batch)
+            except Exception as exc:  # a fault outside the engine call (e.g. odd timings): fail the batch, go on
+                logger.exception("dispatching a batch failed")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _call_engine(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]:
+        """The engine call, on the worker thread, with its answer checked (contract item 6)."""
+        self._engine_busy = True
+        try:
+            results = self._run_batch(requests)
+        finally:
+            self._engine_busy = False
+        if not isinstance(results, list) or len(results) != len(requests):
+            got = len(results) if isinstance(results, list) else type(results).__name__
+            raise RuntimeError(f"engine returned {got} results for {len(requests)} requests")
+        for res in results:
+            if not isinstance(res, RetrievalResult):
+                raise RuntimeError(f"engine returned a {type(res).__name__}, not a RetrievalResult")
+        return results
+
+    async def _run_probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._executor is not None and self._probe is not None
+        self._batch_started = time.monotonic()
+        try:
+            await loop.run_in_executor(self._executor, self._call_engine, [self._probe])
+        except Exception as exc:
+            logger.warning("engine still failing (probe: %s: %s)", type(exc).__name__, exc)
+            return
+        finally:
+            self._batch_started = None
+        logger.info("engine recovered (probe succeeded after %d failed batches)", self._consecutive_failures)
+        self._consecutive_failures = 0
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
         assert self._executor is not None
@@ -276,23 +356,27 @@ class MicroBatcher:
             job.started = started
         requests = [job.request for job in batch]
         t0 = time.perf_counter()
+        self._batch_started = time.monotonic()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, requests)
-            if len(results) != len(batch):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} requests")
+            results = await loop.run_in_executor(self._executor, self._call_engine, requests)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._consecutive_failures += 1
             logger.exception("engine batch failed (%d in a row)", self._consecutive_failures)
+            if self._metrics is not None:
+                self._metrics.engine_failures.inc()
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
         finally:
+            self._batch_started = None
             if self._metrics is not None:
                 self._metrics.inflight_rows.set(0)
         engine_s = time.perf_counter() - t0
+        if self._consecutive_failures:
+            logger.info("engine recovered after %d failed batches", self._consecutive_failures)
         self._consecutive_failures = 0
         self.batches_run += 1
         if self._metrics is not None:

@@ -10,6 +10,7 @@ Names (one prefix ``radgr_``, base units):
 - ``radgr_queue_requests`` / ``radgr_queue_beam_rows`` / ``radgr_inflight_beam_rows`` — gauges;
 - ``radgr_rejections_total{reason}`` (queue_full / queue_rows_full / draining / not_ready / auth / body_too_large);
 - ``radgr_cancellations_total{reason}`` (client_disconnect / deadline);
+- ``radgr_engine_failures_total`` — engine batches that raised or answered malformed results;
 - ``radgr_invalid_sids_total`` — SIDs the engine returned that are not in the index (must stay 0 under the trie);
 - ``radgr_build_info{version, engine, model, prompt_version, bundle_format}`` — constant 1.
 Latency histograms have dense buckets from 5 ms to 1 s (:data:`LATENCY_BUCKETS_S`).
@@ -54,6 +55,8 @@ class ServerMetrics:
                                   registry=r)
         self.cancellations = Counter("radgr_cancellations", "Admitted requests dropped, by reason.", ["reason"],
                                      registry=r)
+        self.engine_failures = Counter("radgr_engine_failures", "Engine batches that raised or answered malformed "
+                                       "results.", registry=r)
         self.invalid_sids = Counter("radgr_invalid_sids", "Returned SIDs that are not in the index (must stay 0).",
                                     registry=r)
         self.build_info = Gauge("radgr_build_info", "Build and bundle information (constant 1).",

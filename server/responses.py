@@ -2,9 +2,10 @@
 
 Contract of ``build_response(state, body, prompt, outcome, t_arrival)``:
 - ``sids``: every SID hit in the engine's order with its SID string, score and items (``token_ids`` only with
-  ``debug``); a hit outside the index (``sid_row < 0``, impossible under the trie) is dropped and counted in
-  ``radgr_invalid_sids_total``;
-- ``items``: the engine's ranked items, the first ``top_k``;
+  ``debug``); a hit outside the index (``sid_row`` not a row of the index, impossible under the trie) is dropped
+  and counted in ``radgr_invalid_sids_total``;
+- ``items``: the engine's ranked items, the first ``top_k`` (an item whose ``sid_row`` is not a row of the index
+  is dropped the same way);
 - the prompt's used and unknown history ids, the model (bundle name) and engine names, ``user_id`` echoed;
 - timings in seconds (never negative): queue and engine time from the batcher, total since ``t_arrival``;
 - ``debug`` (when asked): the prompt, its token ids and the prompt version.
@@ -30,16 +31,21 @@ def build_response(state: ServingState, body: schemas.RetrieveRequest, prompt: E
     sids: list[schemas.SidOut] = []
     invalid = 0
     for hit in result.sids:
-        if hit.sid_row < 0:
+        if not 0 <= hit.sid_row < index.num_sids:
             invalid += 1
             continue
         sids.append(schemas.SidOut(sid=index.sid_str(hit.sid_row), score=float(hit.score),
                                    item_ids=index.items_of_sid_row(hit.sid_row),
                                    token_ids=list(hit.token_ids) if body.debug else None))
+    items: list[schemas.ItemOut] = []
+    for it in result.items[: body.top_k]:
+        if not 0 <= it.sid_row < index.num_sids:
+            invalid += 1
+            continue
+        items.append(schemas.ItemOut(item_id=it.item_id, sid=index.sid_str(it.sid_row), score=float(it.score),
+                                     rank=it.rank))
     if invalid:
         state.metrics.invalid_sids.inc(invalid)
-    items = [schemas.ItemOut(item_id=it.item_id, sid=index.sid_str(it.sid_row), score=float(it.score), rank=it.rank)
-             for it in result.items[: body.top_k]]
     debug = (schemas.DebugInfo(prompt=prompt.build.text, prompt_token_ids=list(prompt.token_ids),
                                prompt_version=PROMPT_VERSION) if body.debug else None)
     return schemas.RetrieveResponse(

@@ -47,6 +47,12 @@ class ServerSettings(BaseSettings):
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After value sent with every 503.")
     drain_grace_s: float = Field(10.0, ge=0.0, le=600.0,
                                  description="After SIGTERM: how long in-flight requests get to finish.")
+    engine_stall_s: float = Field(60.0, ge=0.05, le=3600.0,
+                                  description="An engine batch running longer than this makes /live answer 503 "
+                                              "until it returns (a hung engine).")
+    engine_probe_interval_s: float = Field(5.0, ge=0.05, le=3600.0,
+                                           description="While the engine is dead and idle, retry the warm-up "
+                                                       "request this often, so /live recovers without traffic.")
     warmup_beam_width: int = Field(MAX_BEAM_WIDTH, ge=1, le=MAX_BEAM_WIDTH,
                                    description="Beam width of the start-up warm-up retrieval.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",

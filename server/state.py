@@ -44,8 +44,13 @@ class ServingState:
         self.ready = False
 
     @property
+    def dead_reason(self) -> str | None:
+        """None while the engine is alive (or not built yet); otherwise why it is dead."""
+        return None if self.batcher is None else self.batcher.dead_reason
+
+    @property
     def alive(self) -> bool:
-        return self.batcher is None or self.batcher.alive
+        return self.dead_reason is None
 
 
 def get_state(request: Request) -> ServingState:
