@@ -10,7 +10,15 @@ training right once, for every radgr trainer (docs/training.md, "The shared trai
   (``loss_is_scaled_for_ga = True``). So 2 micro-batches of 4 give the same gradients as 1 batch of 8, even when
   micro-batches hold different numbers of units (tested in ``tests/test_sft_train_common.py``).
 - Checkpoints every ``save_steps`` to ``<run_dir>/checkpoints/checkpoint-<step>``; ``train_with_resume(True)``
-  continues from the newest one (optimizer, scheduler, RNG, data position and the trainer's extra state).
+  continues from the newest *complete* one (optimizer, scheduler, RNG, data position and the trainer's extra
+  state) and ends with the weights an uninterrupted run of the same seed ends with (bit-identical on CPU; tested
+  with SIGKILL in ``tests/test_faults_training.py``). A checkpoint is complete once its extra state is written and
+  every file fsynced, when ``training.checkpoints.mark_complete`` writes the completion marker (last, atomically);
+  a kill while one is written leaves a folder ``--resume`` skips. Rotation (``save_total_limit``) runs after the
+  marker, so the newest complete checkpoint survives until its successor is complete.
+- The data order of every epoch is a function of ``(data_seed, epoch)`` alone (the length-grouped sampler draws
+  from its own generator, seeded per epoch), so a run resumed in epoch 2 skips exactly the batches the
+  uninterrupted run had trained on in that epoch.
 - A JSON log of every logged step (``<run_dir>/train_log.json``, rewritten atomically) and a loss-curve PNG
   (``<run_dir>/loss.png``, ``training.loss_plot``); tqdm progress from Trainer.
 - Data parallel under ``torchrun``: no module globals, every file write is rank-0 only, the unit count is summed
@@ -40,9 +48,10 @@ How a trainer subclasses it (SFT is the worked example)::
 - The collator must put ``"num_units"`` (``training.batching.UNITS_KEY``, a Python ``int``) in every batch;
   ``training.batching.pad_left`` builds the usual tensors (``input_ids``, ``attention_mask``, ``position_ids``).
 - Extra state is written (``torch.save``, atomically) from rank 0 to ``<checkpoint>/radgr_extra_state.pt`` after
-  Trainer has written the checkpoint, and read on every rank before training resumes. If the state differs per
-  rank, gather it inside ``checkpoint_extra_state`` (it is called on every rank; only rank 0's return value is
-  written).
+  Trainer has written the checkpoint and before the completion marker, and read on every rank before training
+  resumes (a complete checkpoint without it, for a trainer that keeps some, is an error, not a silent reset). If
+  the state differs per rank, gather it inside ``checkpoint_extra_state`` (it is called on every rank; only rank
+  0's return value is written).
 - ``compute_loss_sum`` runs under Trainer's autocast context; keep the returned sum in fp32.
 """
 
@@ -50,17 +59,19 @@ from __future__ import annotations
 
 import io
 import logging
-import os
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sid_index.atomic_files import write_bytes_atomic, write_json_atomic
 from training.batching import UNITS_KEY
+from training.checkpoints import mark_complete, newest_complete_checkpoint, rotate_checkpoints
 from training.loss_plot import write_loss_plot
 from training.train_config import CHECKPOINTS_SUBDIR
 
@@ -93,36 +104,37 @@ class RunLogCallback(TrainerCallback):
             write_loss_plot(state.log_history, self.run_dir / LOSS_PLOT_FILE)
 
 
-class _ExtraStateCallback(TrainerCallback):
-    """Writes the trainer's ``checkpoint_extra_state()`` into each checkpoint right after Trainer saved it."""
-
-    def __init__(self, trainer: RadgrTrainer) -> None:
-        self.trainer = trainer
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        extra = self.trainer.checkpoint_extra_state()  # every rank calls it (it may gather)
-        if extra is None or not state.is_world_process_zero:
-            return
-        if args.output_dir is None:
-            raise ValueError("TrainingArguments.output_dir must be set to save checkpoints")
-        ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        buf = io.BytesIO()
-        torch.save(extra, buf)
-        write_bytes_atomic(ckpt / EXTRA_STATE_FILE, buf.getvalue())
-
-
 def run_callbacks(run_dir: str | Path) -> list[TrainerCallback]:
     """The callbacks every radgr run uses (JSON log + loss PNG)."""
     return [RunLogCallback(run_dir)]
 
 
 def last_checkpoint(run_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-<step>`` folder of a run, or None."""
-    ckdir = Path(run_dir) / CHECKPOINTS_SUBDIR
-    if not ckdir.is_dir():
-        return None
-    newest: str | None = get_last_checkpoint(str(ckdir))  # transformers leaves it unannotated
-    return newest
+    """The newest *complete* ``checkpoint-<step>`` folder of a run (``training.checkpoints``), or None."""
+    newest = newest_complete_checkpoint(Path(run_dir) / CHECKPOINTS_SUBDIR)
+    return None if newest is None else str(newest)
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Trainer's length-grouped order, drawn from a generator seeded with ``seed + epoch`` (not the global RNG).
+
+    The global RNG's state at the start of an epoch is not in any checkpoint, so an order drawn from it cannot be
+    replayed by a run resumed mid-epoch; this one can.
+    """
+
+    def __init__(self, batch_size: int, dataset: Any, seed: int) -> None:
+        super().__init__(batch_size, dataset=dataset)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by accelerate's DataLoaderShard.set_epoch
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices: list[int] = get_length_grouped_indices(
+            self.lengths, self.batch_size, generator=generator)
+        return iter(indices)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -140,7 +152,6 @@ class RadgrTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._metric_sums: dict[str, float] = {}
         self._metric_counts: dict[str, int] = {}
-        self.add_callback(_ExtraStateCallback(self))
 
     # -- hooks for subclasses
     def compute_loss_sum(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
@@ -161,6 +172,48 @@ class RadgrTrainer(Trainer):
         self._metric_counts[name] = self._metric_counts.get(name, 0) + 1
 
     # -- Trainer overrides
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """The length-grouped sampler seeded per epoch (:class:`EpochSeededLengthGroupedSampler`); else Trainer's.
+
+        Trainer's other choice, the random sampler, is replaced by accelerate's seedable sampler (seed + epoch).
+        """
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                                   dataset, seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint, then the extra state, then the completion marker, then rotation (in that order).
+
+        A folder of the same step left by a killed run is removed first, so no stale file survives in it.
+        """
+        out = self.args.output_dir
+        if out is None:
+            raise ValueError("TrainingArguments.output_dir must be set to save checkpoints")
+        ckpt = Path(out) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and ckpt.exists():
+            logger.warning("removing %s, left by an earlier run, before saving this step", ckpt)
+            shutil.rmtree(ckpt)
+        self.accelerator.wait_for_everyone()
+        keep = self.args.save_total_limit
+        self.args.save_total_limit = None  # Trainer must not rotate before the new checkpoint is marked complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = keep
+        extra = self.checkpoint_extra_state()  # every rank calls it (it may gather)
+        if self.args.should_save:
+            if extra is not None:
+                buf = io.BytesIO()
+                torch.save(extra, buf)
+                write_bytes_atomic(ckpt / EXTRA_STATE_FILE, buf.getvalue())
+            mark_complete(ckpt, self.state.global_step)
+            for gone in rotate_checkpoints(out, keep):
+                logger.info("removed checkpoint %s (save_total_limit %s)", gone, keep)
+        self.accelerator.wait_for_everyone()
+
     def get_batch_samples(self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
                           ) -> tuple[list[Any], torch.Tensor | int | None]:
         """Collect one optimizer step's micro-batches; count their units (summed over data-parallel ranks)."""
@@ -199,15 +252,22 @@ class RadgrTrainer(Trainer):
 
     # -- entry point
     def train_with_resume(self, resume: bool) -> Any:
-        """``train()``, from the newest checkpoint of ``args.output_dir`` when ``resume`` (fresh if none)."""
+        """``train()``, from the newest complete checkpoint of ``args.output_dir`` when ``resume`` (fresh if none).
+
+        Raises ``ValueError`` naming the checkpoint when it lacks the extra state this trainer keeps.
+        """
         out = self.args.output_dir
-        ckpt = get_last_checkpoint(out) if resume and out is not None and os.path.isdir(out) else None
+        found = newest_complete_checkpoint(out) if resume and out is not None else None
+        ckpt = None if found is None else str(found)
         if resume and ckpt is None:
-            logger.warning("resume requested but no checkpoint in %s: training from scratch", self.args.output_dir)
+            logger.warning("resume requested but no complete checkpoint in %s: training from scratch", out)
         if ckpt is not None:
             extra_path = Path(ckpt) / EXTRA_STATE_FILE
             if extra_path.is_file():
                 self.load_checkpoint_extra_state(torch.load(extra_path, map_location="cpu", weights_only=False))
+            elif self.checkpoint_extra_state() is not None:
+                raise ValueError(f"checkpoint {ckpt} has no {EXTRA_STATE_FILE}, but {type(self).__name__} keeps "
+                                 f"state across checkpoints: it cannot resume exactly from it")
             logger.info("resuming from %s", ckpt)
         return self.train(resume_from_checkpoint=ckpt)
 
