@@ -6,6 +6,7 @@ Contract:
 - Validation failures answer 422 with messages built from the validator's structured errors (field path, bound,
   given value, truncated) — never ``str(exc)``, which can leak internals.
 - Any other exception answers 500 with a fixed message; the traceback goes to the log only.
+- A client that went away while its body was being read is recorded as ``CLIENT_CLOSED_STATUS`` (nobody reads it).
 - ``error_response(...)`` builds the JSON response; ``install_error_handlers(app)`` registers the handlers.
 - ``ERROR_RESPONSES`` describes the error answers of ``/retrieve`` in the OpenAPI document;
   ``CLIENT_CLOSED_STATUS`` (499) is the status a request whose client went away is recorded with.
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from server import schemas
 
@@ -117,6 +119,8 @@ def validation_message(err: Mapping[str, Any]) -> str:
             return f"{name} must be an integer, given {_given(given)}"
         case "bool_type" | "bool_parsing":
             return f"{name} must be a boolean, given {_given(given)}"
+        case "string_unicode":
+            return f"{name} must be valid Unicode text (no lone surrogates)"
         case "string_type":
             return f"{name} must be a string, given {_given(given)}"
         case "list_type":
@@ -153,6 +157,9 @@ _HTTP_TYPES = {401: "authentication_error", 404: "not_found_error", 405: "invali
 def _http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    if status == 400 and isinstance(exc.__cause__, ClientDisconnect):  # gone mid-body: nobody reads the answer
+        return error_response(CLIENT_CLOSED_STATUS, "the client went away", "invalid_request_error",
+                              code="client_closed")
     if status == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): a schema violation like any other
         return error_response(422, "the body must be a JSON object (UTF-8)", "invalid_request_error",
                               code="body_unparsable")

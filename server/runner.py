@@ -5,6 +5,10 @@ with one uvicorn worker on ``settings.host:settings.port``. On the first SIGTERM
 requests answer 503 (:meth:`server.state.ServingState.begin_drain`), in-flight requests get
 ``settings.drain_grace_s`` to finish, then the process exits: 0 after a clean drain, 1 (or uvicorn's exit code)
 when start-up failed. A second signal exits at once. Behaviour under load: docs/serving.md "Serving behaviour".
+
+``uvicorn_config(app, settings)`` is the one uvicorn configuration (tests serve with it too): the guarded HTTP
+protocol of :mod:`server.protocol` (request read timeout, header-size bound), the keep-alive timeout, the
+connection limit, no websockets.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import time
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from server.app import create_app
 from server.engine_factory import EngineFactory
+from server.protocol import GuardedConfig, ReadLimits
 from server.settings import ServerSettings
 from server.state import ServingState
 
@@ -53,12 +59,19 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
+    """How uvicorn serves ``app`` under ``settings`` (see the module docstring)."""
+    return GuardedConfig(
+        app, read_limits=ReadLimits(settings.request_read_timeout_s, settings.max_header_bytes),
+        host=settings.host, port=settings.port, workers=1, lifespan="on", ws="none", log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_grace_s)), timeout_keep_alive=settings.timeout_keep_alive_s,
+        limit_concurrency=settings.max_connections)
+
+
 def run_server(settings: ServerSettings, engine_factory: EngineFactory | None = None) -> int:
     """Serve until a signal; 0 after a clean drain, 1 if start-up failed."""
     app = create_app(settings, engine_factory)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, lifespan="on",
-                            log_level=settings.log_level, timeout_graceful_shutdown=max(1, int(settings.drain_grace_s)),
-                            timeout_keep_alive=5)
+    config = uvicorn_config(app, settings)
     server = DrainingServer(config, app.state.serving, settings.drain_grace_s)
     try:
         server.run()

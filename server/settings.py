@@ -44,6 +44,16 @@ class ServerSettings(BaseSettings):
     max_queue_rows: int = Field(8192, ge=1, le=10_000_000, description="Queued beam rows before 503.")
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="Per-request deadline (504 past it).")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest request body (413 above).")
+    request_read_timeout_s: float = Field(10.0, ge=0.05, le=600.0,
+                                          description="A request's line, headers and body must arrive within this "
+                                                      "(from connect, or its first byte when kept alive): else 408 "
+                                                      "and the connection closed (slow clients).")
+    max_header_bytes: int = Field(16384, ge=1024, le=1 << 20,
+                                  description="Largest request line + header block (431 above).")
+    timeout_keep_alive_s: int = Field(5, ge=1, le=600, description="An idle kept-alive connection is closed after.")
+    max_connections: int = Field(1024, ge=1, le=100000,
+                                 description="Open connections (and running requests) beyond which uvicorn answers "
+                                             "503 at once.")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After value sent with every 503.")
     drain_grace_s: float = Field(10.0, ge=0.0, le=600.0,
                                  description="After SIGTERM: how long in-flight requests get to finish.")
