@@ -15,7 +15,7 @@ import typer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from cli import align_cmd, data_cmd, demo_cmd, export_cmd, index_cmd, serve_cmd, train_cmd
+from cli import align_cmd, data_cmd, demo_cmd, export_cmd, index_cmd, loadtest_cmd, serve_cmd, train_cmd
 
 app = typer.Typer(name="radgr", help="Generative retrieval with Semantic IDs and RAD-DPO.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -42,6 +42,9 @@ app.add_typer(bundle_app, name="bundle")
 app.command("eval", help="Offline evaluation of a checkpoint.")(train_cmd.eval_command)
 app.command("export", help="Export a checkpoint and its SID index as a servable bundle.")(export_cmd.export_command)
 app.command("serve", help="Serve a bundle over HTTP (POST /retrieve).")(serve_cmd.serve_command)
+app.command("loadtest", help="Load-test a server with Locust: gates decide the exit code; --sweep measures capacity.")(
+    loadtest_cmd.loadtest_command
+)
 app.command("demo", help="The whole path from nothing: simulate, index, train, evaluate, export, serve.")(
     demo_cmd.demo_command
 )
