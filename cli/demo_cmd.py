@@ -4,43 +4,89 @@ Steps (outputs under ``--workdir``, default ``runs/demo``): simulate a catalog a
 SID index → build samples → SFT the tiny model → RAD-DPO → evaluate SFT and RAD-DPO (table printed) → export a
 bundle → start ``radgr serve`` on 127.0.0.1 → send one real ``POST /retrieve`` and print it → leave the server
 running (``--no-keep-serving`` stops it instead). A step is skipped when its ``.done`` marker holds the same
-command line as now, so re-running the demo reuses finished work.
+command line as now (:func:`demo_steps` lists them), so re-running the demo reuses finished work.
+
+Every step and the server run as child processes of :class:`cli.children.Children`: SIGTERM or SIGINT to the demo
+(a supervisor, ``timeout``, Ctrl-C) stops the running child (SIGTERM, then SIGKILL after the grace period) before
+the demo exits, and on Linux a child also gets SIGTERM if the demo dies abruptly. Exit status: the failing step's,
+0 after a signal once the server was serving, 128 + the signal number when stopped before that.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 
+from cli.children import Children, Stopped
+
 console = Console()
+SERVER_STOP_GRACE_S = 30.0  # radgr serve drains for up to --drain-grace-s (10 s) after SIGTERM
 
 
-def _run_step(name: str, argv: list[str], done_dir: Path, outputs: list[Path]) -> None:
-    """Run ``radgr <argv>`` in a subprocess unless its marker says the same command already finished."""
-    marker = done_dir / f"{name}.done"
-    line = " ".join(argv)
-    if marker.exists() and marker.read_text() == line and all(p.exists() for p in outputs):
-        console.print(f"[green]✓ {name}[/green] (reused) radgr {line}")
+@dataclass(frozen=True)
+class Step:
+    name: str
+    argv: tuple[str, ...]  # radgr's arguments
+    outputs: tuple[Path, ...]  # must all exist for the step's marker to count
+
+    @property
+    def line(self) -> str:
+        return " ".join(self.argv)
+
+
+def demo_steps(workdir: Path) -> list[Step]:
+    """The demo's steps before serving, in order (their markers live in ``workdir/.steps``)."""
+    w = str(workdir)
+    data, index, samples = f"{w}/data", f"{w}/index", f"{w}/samples"
+    sft, rad, bundle = f"{w}/sft", f"{w}/rad-dpo", f"{w}/bundle"
+    steps = [
+        Step("simulate", ("data", "simulate", "--out", data), (Path(data),)),
+        Step("index", ("index", "build", "--catalog", f"{data}/catalog.parquet", "--out", index,
+                       "--codebooks", "32,16,16"), (Path(index),)),
+        Step("samples", ("data", "samples", "--sessions", f"{data}/sessions.parquet", "--index", index,
+                         "--catalog", f"{data}/catalog.parquet", "--out", samples), (Path(samples),)),
+        Step("sft", ("train", "sft", "--samples", samples, "--index", index, "--out", sft, "--preset", "tiny"),
+             (Path(sft) / "final",)),
+        Step("rad-dpo", ("train", "align", "--method", "rad-dpo", "--sft", f"{sft}/final", "--samples", samples,
+                         "--out", rad, "--max-steps", "300", "--lr", "5e-5"), (Path(rad) / "final",)),
+    ]
+    for name, model in (("eval-sft", f"{sft}/final"), ("eval-rad-dpo", f"{rad}/final")):
+        # the PyTorch engine: 2x faster than vLLM on CPU, same metrics (tests/test_vllm_engine.py); the server
+        # runs with --engine auto (vLLM where installed)
+        steps.append(Step(name, ("eval", "--model", model, "--index", index, "--samples", samples, "--engine",
+                                 "torch", "--out", f"{w}/{name}.json", "--limit", "400"), (Path(f"{w}/{name}.json"),)))
+    steps.append(Step("export", ("export", "--checkpoint", f"{rad}/final", "--index", index, "--samples", samples,
+                                 "--metrics", f"{w}/eval-rad-dpo.json", "--out", bundle), (Path(bundle),)))
+    return steps
+
+
+def _run_step(step: Step, done_dir: Path, children: Children) -> None:
+    """Run ``radgr <argv>`` in a child process unless its marker says the same command already finished."""
+    marker = done_dir / f"{step.name}.done"
+    if marker.exists() and marker.read_text() == step.line and all(p.exists() for p in step.outputs):
+        console.print(f"[green]✓ {step.name}[/green] (reused) radgr {step.line}")
         return
-    console.rule(f"[bold]{name}")
-    console.print(f"$ radgr {line}")
+    console.rule(f"[bold]{step.name}")
+    console.print(f"$ radgr {step.line}")
     t0 = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "cli.main", *argv])
+    proc = children.popen([sys.executable, "-m", "cli.main", *step.argv])
+    rc = proc.wait()
+    children.forget(proc)
     if rc != 0:
         raise typer.Exit(rc)
-    marker.write_text(line)
-    console.print(f"[green]✓ {name}[/green] in {time.perf_counter() - t0:.1f} s")
+    marker.write_text(step.line)
+    console.print(f"[green]✓ {step.name}[/green] in {time.perf_counter() - t0:.1f} s")
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -65,63 +111,59 @@ def demo_command(
     fresh: bool = typer.Option(False, help="Delete the workdir first instead of reusing finished steps."),
 ) -> int:
     """Simulate → index → samples → SFT → RAD-DPO → eval → export → serve → one real /retrieve."""
+    progress = _Progress()
+    with Children(grace_s=SERVER_STOP_GRACE_S) as children:  # on leaving, every child still running is stopped
+        try:
+            return _run_demo(workdir, port, keep_serving, fresh, children, progress)
+        except Stopped as stop:
+            console.print(f"[yellow]{stop}: stopping {len(children.live)} child process(es)[/yellow]")
+            return 0 if progress.serving else 128 + stop.signum
+
+
+@dataclass
+class _Progress:
+    serving: bool = False  # the demo's work is done and the server answered
+
+
+def _run_demo(workdir: Path, port: int, keep_serving: bool, fresh: bool, children: Children,
+              progress: _Progress) -> int:
     t_start = time.perf_counter()
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     done = workdir / ".steps"
     done.mkdir(parents=True, exist_ok=True)
-    w = str(workdir)
-    data, index, samples = f"{w}/data", f"{w}/index", f"{w}/samples"
-    sft, rad, bundle = f"{w}/sft", f"{w}/rad-dpo", f"{w}/bundle"
-
-    _run_step("simulate", ["data", "simulate", "--out", data], done, [Path(data)])
-    _run_step("index", ["index", "build", "--catalog", f"{data}/catalog.parquet", "--out", index,
-                        "--codebooks", "32,16,16"], done, [Path(index)])
-    _run_step("samples", ["data", "samples", "--sessions", f"{data}/sessions.parquet", "--index", index,
-                          "--catalog", f"{data}/catalog.parquet", "--out", samples], done, [Path(samples)])
-    _run_step("sft", ["train", "sft", "--samples", samples, "--index", index, "--out", sft, "--preset", "tiny"],
-              done, [Path(sft) / "final"])
-    _run_step("rad-dpo", ["train", "align", "--method", "rad-dpo", "--sft", f"{sft}/final", "--samples", samples,
-                          "--out", rad, "--max-steps", "300", "--lr", "5e-5"], done, [Path(rad) / "final"])
-    for name, model in (("eval-sft", f"{sft}/final"), ("eval-rad-dpo", f"{rad}/final")):
-        # the PyTorch engine: 2x faster than vLLM on CPU, same metrics (tests/test_vllm_engine.py); the server below
-        # runs with --engine auto (vLLM where installed)
-        _run_step(name, ["eval", "--model", model, "--index", index, "--samples", samples, "--engine", "torch",
-                         "--out", f"{w}/{name}.json", "--limit", "400"], done, [Path(f"{w}/{name}.json")])
-    _run_step("export", ["export", "--checkpoint", f"{rad}/final", "--index", index, "--samples", samples,
-                         "--metrics", f"{w}/eval-rad-dpo.json", "--out", bundle], done, [Path(bundle)])
+    for step in demo_steps(workdir):
+        _run_step(step, done, children)
+    bundle, samples = f"{workdir}/bundle", workdir / "samples"
 
     console.rule("[bold]serve")
     url = f"http://127.0.0.1:{port}"
     console.print(f"$ radgr serve --bundle {bundle} --port {port}")
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--bundle", bundle, "--port", str(port)])
+    proc = children.popen([sys.executable, "-m", "cli.main", "serve", "--bundle", bundle, "--port", str(port)])
     try:
         _wait_ready(url, proc, timeout_s=180)
-        body = {"query": _example_query(Path(samples)), "top_k": 5, "beam_width": 128}
-        req = urllib.request.Request(url + "/retrieve", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            answer = json.loads(resp.read())
-        console.print(Panel(json.dumps(body), title="POST /retrieve"))
-        console.print_json(json.dumps(answer))
-        console.print(f"[bold]served by the {answer['engine']} engine[/bold] (radgr serve --engine auto: vLLM where "
-                      "installed, else PyTorch)")
-        console.print(f"[bold green]demo finished in {time.perf_counter() - t_start:.0f} s[/bold green]")
-        curl = (f"curl -s {url}/retrieve -H 'Content-Type: application/json' "
-                f"-d '{json.dumps({'query': body['query'], 'top_k': 5})}'")
-        if not keep_serving:
-            return 0
-        console.print(f"The server keeps running at {url} (Ctrl-C stops it). Try:\n  {curl}")
-        return proc.wait()
-    except KeyboardInterrupt:
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    body = {"query": _example_query(samples), "top_k": 5, "beam_width": 128}
+    req = urllib.request.Request(url + "/retrieve", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        answer = json.loads(resp.read())
+    progress.serving = True
+    console.print(Panel(json.dumps(body), title="POST /retrieve"))
+    console.print_json(json.dumps(answer))
+    console.print(f"[bold]served by the {answer['engine']} engine[/bold] (radgr serve --engine auto: vLLM where "
+                  "installed, else PyTorch)")
+    console.print(f"[bold green]demo finished in {time.perf_counter() - t_start:.0f} s[/bold green]")
+    curl = (f"curl -s {url}/retrieve -H 'Content-Type: application/json' "
+            f"-d '{json.dumps({'query': body['query'], 'top_k': 5})}'")
+    if not keep_serving:
         return 0
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    console.print(f"The server keeps running at {url} (Ctrl-C or SIGTERM stops it). Try:\n  {curl}")
+    rc = proc.wait()
+    children.forget(proc)
+    return rc
 
 
 def _example_query(samples: Path) -> str:
