@@ -184,6 +184,11 @@ class MicroBatcher:
         return self.dead_reason is None
 
     @property
+    def engine_busy(self) -> bool:
+        """True while an engine call runs on the worker thread (even after a stop gave up waiting for it)."""
+        return self._engine_busy
+
+    @property
     def queued_requests(self) -> int:
         return len(self._queue)
 

@@ -4,7 +4,9 @@ Contract of ``run_server(settings, engine_factory=None) -> int``: serves ``creat
 with one uvicorn worker on ``settings.host:settings.port``. On the first SIGTERM/SIGINT ``/ready`` and new
 requests answer 503 (:meth:`server.state.ServingState.begin_drain`), in-flight requests get
 ``settings.drain_grace_s`` to finish, then the process exits: 0 after a clean drain, 1 (or uvicorn's exit code)
-when start-up failed. A second signal exits at once. Behaviour under load: docs/serving.md "Serving behaviour".
+when start-up failed. A second signal exits at once. If an engine call is still running when the server has stopped
+(a hung engine: it cannot be interrupted), the process exits at once with status 1 instead of waiting for it.
+Behaviour under load: docs/serving.md "Serving behaviour".
 
 ``uvicorn_config(app, settings)`` is the one uvicorn configuration (tests serve with it too): the guarded HTTP
 protocol of :mod:`server.protocol` (request read timeout, header-size bound), the keep-alive timeout, the
@@ -14,6 +16,7 @@ connection limit, no websockets.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -77,4 +80,10 @@ def run_server(settings: ServerSettings, engine_factory: EngineFactory | None = 
         server.run()
     except SystemExit as exc:  # uvicorn exits 3 when the lifespan start-up failed
         return int(exc.code or 1)
+    state: ServingState = app.state.serving
+    batcher = state.batcher
+    if batcher is not None and batcher.engine_busy:  # the interpreter would wait for the hung engine thread
+        logger.error("an engine batch is still running (hung engine): exiting without waiting for it")
+        logging.shutdown()
+        os._exit(1)
     return 0 if server.started else 1

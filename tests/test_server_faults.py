@@ -1,12 +1,17 @@
 """Engine faults against the real app over HTTP on 127.0.0.1: an engine that raises, hangs, or answers the wrong
 number (or kind) of results. The server answers 500/504 with the one error body, stays up, and ``/live`` goes 503
-while the engine is dead and 200 again once it recovers, with or without traffic.
+while the engine is dead and 200 again once it recovers, with or without traffic; a SIGTERM while the engine hangs
+still ends the process promptly.
 
 The engine is a fake at the ``engine_factory`` seam (hand-built results, no model call), so these tests are fast.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_bundle_fixtures import make_tiny_bundle
-from test_server_fixtures import serve_in_thread
+from test_server_fixtures import free_port, serve_in_thread
 
 from decoding.bundle import Bundle
 from decoding.engine import ItemHit, RetrievalEngine, RetrievalRequest, RetrievalResult, SidHit
@@ -202,3 +207,57 @@ def test_hung_engine_answers_504_live_goes_dead_then_recovers(bundle: Path) -> N
         assert _post(url).status_code == 200
         assert time.monotonic() - t0 < 2.0
 
+
+
+HUNG_SERVER = """
+import sys, threading
+from decoding.engine import ItemHit, RetrievalResult, SidHit
+from server.runner import run_server
+from server.settings import ServerSettings
+
+class HangsAfterWarmUp:
+    name = "fake"
+
+    def __init__(self, bundle):
+        self.item = bundle.index.items_of_sid_row(0)[0]
+        self.calls = 0
+
+    def retrieve_batch(self, requests):
+        self.calls += 1
+        if self.calls > 1:
+            threading.Event().wait(120.0)  # hung
+        return [RetrievalResult([SidHit((0, 0, 0), (1, 2, 3), -1.0, 0)], [ItemHit(self.item, 0, -1.0, 1)])
+                for _ in requests]
+
+settings = ServerSettings(bundle=sys.argv[1], port=int(sys.argv[2]), engine="torch", log_level="warning",
+                          request_timeout_s=0.5, drain_grace_s=1.0, warmup_beam_width=4)
+sys.exit(run_server(settings, engine_factory=lambda bundle, _: HangsAfterWarmUp(bundle)))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_hung_engine_exits_without_waiting_for_it(bundle: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_SERVER, str(bundle), str(port)],
+                            cwd=Path(__file__).resolve().parents[1], env=env)
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, "the server exited"
+            try:
+                return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_for(ready, 60.0)
+        _assert_error(_post(url), 504, "timeout_error", "deadline_exceeded")  # the engine now hangs
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=15)
+        assert time.monotonic() - t0 < 10.0
+        assert rc == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
