@@ -288,7 +288,8 @@ def test_identical_concurrent_requests_and_batched_equals_alone(bundle: Path, en
         assert [i["item_id"] for i in res["items"]] == [i["item_id"] for i in alone["items"]]
         for got, want in zip(res["sids"], alone["sids"], strict=True):
             assert got["score"] == pytest.approx(want["score"], abs=1e-5)
-    assert same[0]["sids"] == same[1]["sids"] == same[2]["sids"]
+    # identical requests agree with each other and with the lone request to 1e-5 (checked above) whichever batches
+    # they landed in; bitwise equality holds only inside one batch shape (padding changes float rounding)
 
 
 def test_metrics_parse_and_move(client: TestClient, engine_kind: str) -> None:
