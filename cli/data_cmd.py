@@ -8,7 +8,8 @@
                        --out runs/sim/samples [--no-hard-search] [--num-negatives 3] [--max-history 50]
                        [--split-by-day | --split-file splits.csv]
 
-Each command builds a config, calls ``training.data``, prints what it made and returns an exit code.
+Each command builds a config, calls ``training.data``, prints what it made and returns 0; bad input (an invalid
+option, a missing, truncated or corrupted file) prints one line naming the field or file and returns 2.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,11 +35,18 @@ from training.data.simulator import simulate_to_dir
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _progress() -> Progress:
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=True)
+
+
+def _fail(exc: BaseException) -> int:
+    """Report bad input on one stderr line (the message names the file or field; no markup, no wrapping): exit 2."""
+    err_console.print(f"[red]error:[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
+    return 2
 
 
 def _table(title: str, rows: dict[str, Any]) -> Table:
@@ -67,13 +76,16 @@ def simulate_command(
     seed: int = typer.Option(SimConfig.seed),
 ) -> int:
     """Simulate search sessions with ground truth."""
-    cfg = SimConfig(items=items, users=users, sessions_per_day=sessions_per_day, days=days,
-                    exposure_length=exposure_length, position_bias=position_bias, ranker_noise=ranker_noise,
-                    popularity_weight=popularity_weight, relevant_breadth=relevant_breadth, typo_rate=typo_rate,
-                    real_categories=real_categories, seed=seed)
-    with _progress() as prog:
-        task = prog.add_task("simulating sessions", total=cfg.sessions_per_day * cfg.days)
-        stats = simulate_to_dir(cfg, out, catalog, progress=lambda n: prog.advance(task, n))
+    try:
+        cfg = SimConfig(items=items, users=users, sessions_per_day=sessions_per_day, days=days,
+                        exposure_length=exposure_length, position_bias=position_bias, ranker_noise=ranker_noise,
+                        popularity_weight=popularity_weight, relevant_breadth=relevant_breadth, typo_rate=typo_rate,
+                        real_categories=real_categories, seed=seed)
+        with _progress() as prog:
+            task = prog.add_task("simulating sessions", total=cfg.sessions_per_day * cfg.days)
+            stats = simulate_to_dir(cfg, out, catalog, progress=lambda n: prog.advance(task, n))
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     console.print(_table(f"simulated → {out}", stats.to_dict()))
     return 0
 
@@ -86,8 +98,11 @@ def import_amazon_command(
     min_history: int = typer.Option(1, help="Shortest history prefix of an expanded session."),
 ) -> int:
     """Import an Amazon-2018 category (empty queries, purchase = click + order, day 1 = train, day 2 = test)."""
-    cfg = AmazonImportConfig(expand_histories=expand_histories, min_history=min_history)
-    _, stats = import_amazon(dataset, out, cfg)
+    try:
+        cfg = AmazonImportConfig(expand_histories=expand_histories, min_history=min_history)
+        _, stats = import_amazon(dataset, out, cfg)
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     console.print(_table(f"imported → {out}", {"items": stats.items, "train sessions (day 1)": stats.train_sessions,
                                                "test sessions (day 2)": stats.test_sessions,
                                                "expanded sessions": stats.expanded_sessions,
@@ -111,18 +126,21 @@ def samples_command(
 ) -> int:
     """Build training samples (prompt, positives, top positive, N negatives) split into train and test."""
     if split_by_day and split_file is not None:
-        console.print("[red]--split-by-day and --split-file exclude each other; give one[/red]")
-        return 2
-    cfg = SampleConfig(num_negatives=num_negatives, prompt=PromptConfig(max_history=max_history,
-                                                                        hard_search=hard_search),
-                       split="file" if split_file is not None else "day", seed=seed, batch_size=batch_size)
-    split_map = read_split_file(split_file) if split_file is not None else None
-    sid_index = SidIndex.load(index)
-    pool = read_catalog(catalog).item_ids if catalog is not None else None
-    total = count_sessions(sessions)
-    with _progress() as prog:
-        task = prog.add_task("building samples", total=total)
-        stats = build_samples(sessions, sid_index, out, cfg, split_map, pool, progress=lambda n: prog.advance(task, n))
+        return _fail(ValueError("--split-by-day and --split-file exclude each other; give one"))
+    try:
+        cfg = SampleConfig(num_negatives=num_negatives, prompt=PromptConfig(max_history=max_history,
+                                                                            hard_search=hard_search),
+                           split="file" if split_file is not None else "day", seed=seed, batch_size=batch_size)
+        split_map = read_split_file(split_file) if split_file is not None else None
+        sid_index = SidIndex.load(index)
+        pool = read_catalog(catalog).item_ids if catalog is not None else None
+        total = count_sessions(sessions)
+        with _progress() as prog:
+            task = prog.add_task("building samples", total=total)
+            stats = build_samples(sessions, sid_index, out, cfg, split_map, pool,
+                                  progress=lambda n: prog.advance(task, n))
+    except (ValueError, OSError, KeyError) as exc:  # KeyError: a session names an item the index lacks
+        return _fail(exc)
     head = {k: v for k, v in stats.items() if not isinstance(v, dict)}
     console.print(_table(f"samples → {out}", head))
     for split in ("train", "test"):

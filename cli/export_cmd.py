@@ -3,7 +3,9 @@
 - ``radgr export --checkpoint RUN_DIR/final --index INDEX_DIR --samples SAMPLES_DIR --out BUNDLE
   [--metrics eval.json] [--name NAME] [--overwrite]``: writes the bundle atomically and verifies it.
 - ``radgr bundle verify BUNDLE``: every check of :func:`decoding.bundle.verify_bundle`; prints a summary.
-Exit codes: 0 ok, 1 the bundle (or its inputs) is inconsistent (the message says which check and file).
+Exit codes: 0 ok; 1 the bundle (or its inputs) is inconsistent or damaged (the message says which check and
+file: a flipped byte in any bundle file fails its sha256, the manifest's own included); 2 bad input: an invalid
+option, or an input file (checkpoint, index) missing, truncated or corrupt. Every error is one line.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _fail(exc: BaseException, what: str = "error:", code: int = 2) -> int:
+    """Report an error on one stderr line (the message names the file or check; no markup, no wrapping)."""
+    err_console.print(f"[red]{escape(what)}[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
+    return code
 
 
 def _summary(manifest: dict[str, Any]) -> Table:
@@ -69,9 +78,10 @@ def export_command(
                            metrics_path=metrics, name=name, overwrite=overwrite)
         with console.status("exporting bundle"):
             path = export_bundle(cfg)
-    except (BundleError, ValueError) as exc:
-        err_console.print(f"[red]export failed:[/red] {exc}")
-        return 1
+    except BundleError as exc:
+        return _fail(exc, "export failed:", 1)
+    except (ValueError, OSError) as exc:
+        return _fail(exc, "export failed:", 2)
     console.print(_summary(read_manifest(path)))
     console.print(f"bundle written and verified: {path}")
     return 0
@@ -87,8 +97,7 @@ def verify_command(
         with console.status("verifying bundle"):
             manifest = verify_bundle(bundle)
     except BundleError as exc:
-        err_console.print(f"[red]bundle {bundle} is invalid:[/red] {exc}")
-        return 1
+        return _fail(exc, f"bundle {bundle} is invalid:", 1)
     console.print(_summary(manifest))
     console.print(f"bundle {bundle}: OK")
     return 0

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sid_index.embeddings import EmbeddingDType
@@ -28,6 +28,12 @@ app = typer.Typer(no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
 log = logging.getLogger(__name__)
+
+
+def _fail(exc: BaseException) -> int:
+    """Report bad input on one stderr line (the message names the file or field; no markup, no wrapping): exit 2."""
+    err_console.print(f"[red]error:[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
+    return 2
 
 
 def _parse_codebooks(text: str) -> tuple[int, int, int]:
@@ -110,9 +116,8 @@ def build_command(
         stats["seconds"] = {"embed": round(t_emb, 3), "total": round(time.perf_counter() - t0, 3)}
         index.save(out, extra_json={"stats.json": stats})
         write_stats_png(index, out / "stats.png")
-    except (ValueError, FileNotFoundError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     console.print(stats_table(stats))
     console.print(f"index written to {out} ({stats['seconds']['total']:.1f} s); stats in {out / 'stats.json'} "
                   f"and {out / 'stats.png'}")
@@ -133,8 +138,7 @@ def convert_amazon_command(
         pop = amazon_popularity_from_csv(popularity_csv) if popularity_csv else None
         cat = catalog_from_amazon_items(items, popularity=pop)
         write_catalog(cat, out)
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+    except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+        return _fail(exc)
     console.print(f"wrote {cat.num_items:,} items to {out}")
     return 0

@@ -7,7 +7,7 @@
                --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
 
 Each command builds a config, calls ``training.sft`` / ``training.evaluate``, prints a table, returns 0 (2 on bad
-input, with a message naming the field).
+input: one line naming the field, or the file that is missing, truncated or corrupt).
 """
 
 from __future__ import annotations
@@ -18,11 +18,18 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _fail(exc: BaseException) -> int:
+    """Report bad input on one stderr line (the message names the file or field; no markup, no wrapping): exit 2."""
+    err_console.print(f"[red]error:[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
+    return 2
 
 
 class _D:
@@ -73,9 +80,8 @@ def sft_command(
             resume=resume, tokenizer_vocab_size=tokenizer_vocab, limit=limit,
         )
         final = run_sft(cfg)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     from training.model import read_train_info
 
     info = read_train_info(final)
@@ -121,9 +127,8 @@ def eval_command(
                 return lambda n: prog.advance(task, n)
 
             entries, meta = run_eval(run, progress_factory=factory)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     console.print(markdown_table(entries), soft_wrap=True, markup=False, highlight=False)
     if out is not None:
         paths = write_report(entries, out, meta)

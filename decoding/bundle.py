@@ -12,15 +12,17 @@ Layout::
       query_categorizer.json the hard-search query categorizer (decoding.hard_search)
       manifest.json          format name/version, sha256 of every other file, the SID token layout per level
                              (offset, size), eos id, vocab size, prompt version and config, index summary,
-                             provenance (method, data, steps, metrics), the model name
+                             provenance (method, data, steps, metrics), the model name, and ``manifest_sha256``:
+                             the sha256 of the manifest's own bytes with that value zeroed (:func:`seal_manifest`)
 
 Contract:
 - ``write_bundle(out_dir, model_dir, index_dir, categorizer_json, provenance)`` builds the bundle in a temporary
   sibling directory and renames it into place, so ``out_dir`` is either absent, the old bundle, or the complete
   new one; it refuses inputs that disagree (tokenizer SID tokens vs index codebooks, model vocabulary too small)
   before anything appears under ``out_dir``.
-- ``verify_bundle(dir)`` checks, in order: manifest readable and of a known format version; every file listed
-  and no file unlisted; every sha256; prompt version equals :data:`decoding.prompt.PROMPT_VERSION`; the index
+- ``verify_bundle(dir)`` checks, in order: manifest readable, of a known format version and matching its own
+  ``manifest_sha256``; every file listed and no file unlisted; every sha256 (so one flipped byte anywhere in a
+  bundle is refused, naming the file); prompt version equals :data:`decoding.prompt.PROMPT_VERSION`; the index
   loads and its codebook sizes and counts match the manifest; the tokenizer's SID tokens sit exactly at the
   manifest's offsets with the manifest's eos id; the model's vocabulary holds them; the categorizer loads.
   Any failure raises :class:`BundleError` saying which check and which file.
@@ -30,6 +32,7 @@ Contract:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -53,7 +56,9 @@ from sid_index.tokens import NUM_LEVELS, sid_token
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "radgr-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest checks its own bytes (manifest_sha256)
+MANIFEST_SEAL = "manifest_sha256"
+_UNSEALED = "0" * 64
 MODEL_DIR = "model"
 INDEX_DIR = "index"
 CATEGORIZER = "query_categorizer.json"
@@ -167,6 +172,31 @@ def _vocab_against_index(tokenizer: Any, index: SidIndex, vocab_size: int, where
     return vocab
 
 
+def _seal_line(value: str) -> bytes:
+    # the top-level field as json.dumps(indent=2) writes it: nested fields sit deeper, so this line is unique
+    return f'\n  "{MANIFEST_SEAL}": "{value}"'.encode()
+
+
+def seal_manifest(manifest: Mapping[str, Any]) -> str:
+    """The manifest as JSON text (indent 2, sorted keys) whose ``manifest_sha256`` is the sha256 of the text's
+    UTF-8 bytes with that value replaced by 64 zeros; any changed byte of the file then fails the check."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SEAL}
+    text = json.dumps({**body, MANIFEST_SEAL: _UNSEALED}, indent=2, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return text.replace(_seal_line(_UNSEALED).decode(), _seal_line(digest).decode(), 1)
+
+
+def _check_seal(path: Path, manifest: Mapping[str, Any]) -> None:
+    value = manifest.get(MANIFEST_SEAL)
+    if not isinstance(value, str) or len(value) != 64:
+        raise BundleError(f"bundle file {MANIFEST!r} has no valid {MANIFEST_SEAL} (changed or corrupt)")
+    raw = path.read_bytes()
+    if raw.count(_seal_line(value)) != 1:
+        raise BundleError(f"bundle file {MANIFEST!r} fails its own checksum {MANIFEST_SEAL} (changed or corrupt)")
+    if hashlib.sha256(raw.replace(_seal_line(value), _seal_line(_UNSEALED))).hexdigest() != value:
+        raise BundleError(f"bundle file {MANIFEST!r} fails its own checksum {MANIFEST_SEAL} (changed or corrupt)")
+
+
 # -- write --------------------------------------------------------------------------------------------------------
 def _copy_model_files(model_dir: Path, dest: Path) -> None:
     if not model_dir.is_dir():
@@ -236,7 +266,7 @@ def write_bundle(out_dir: str | os.PathLike[str], model_dir: str | os.PathLike[s
             "provenance": prov,
             "files": files,
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (staging / MANIFEST).write_text(seal_manifest(manifest), encoding="utf-8")
     return target
 
 
@@ -245,6 +275,7 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The bundle's manifest after the format checks and the check that every top-level field is there."""
     manifest = read_format_manifest(bundle_dir, kind="bundle", format_name=FORMAT_NAME,
                                     format_version=FORMAT_VERSION, error=BundleError)
+    _check_seal(Path(bundle_dir) / MANIFEST, manifest)
     for key in ("name", "prompt", "sid_layout", "index", "provenance", "files"):
         if key not in manifest:
             raise BundleError(f"manifest is missing field {key!r}")

@@ -9,6 +9,11 @@ Contract:
   after), when it raises the staging directory is removed. The target path holds the old directory or the new
   one at every moment, apart from the instant between the two renames (when it holds nothing).
 - ``sha256_file`` hashes a file in 1 MiB blocks.
+- ``write_checksum(path)`` writes ``<path>.sha256`` (``sha256sum`` format: ``<hex>  <name>``) atomically, after the
+  file; ``verify_checksum(path)`` raises ``ValueError`` naming the file when it differs from its ``.sha256`` (a
+  truncated or corrupted file, or a kill between the two renames), returns False when there is no ``.sha256``
+  (a file radgr did not write) and True when it matches. Data files whose own format cannot catch every flipped
+  byte (Parquet: page headers and footer carry no checksum) use it.
 
 This module sits at the bottom layer (``sid_index``) so that every part of radgr can import it.
 """
@@ -28,10 +33,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "CHECKSUM_SUFFIX",
     "publish_directory",
     "save_figure_atomic",
     "sha256_file",
+    "verify_checksum",
     "write_bytes_atomic",
+    "write_checksum",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -113,3 +121,31 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path: str | os.PathLike[str]) -> Path:
+    """Write ``<path>.sha256`` (``sha256sum`` format) for the file at ``path``, atomically; returns its path."""
+    p = Path(path)
+    return write_text_atomic(_checksum_path(p), f"{sha256_file(p)}  {p.name}\n")
+
+
+def verify_checksum(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` matches its ``.sha256``, False when it has none; raises ``ValueError`` naming it if not."""
+    p = Path(path)
+    side = _checksum_path(p)
+    if not side.is_file():
+        return False
+    try:
+        expected = side.read_text(encoding="ascii").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise ValueError(f"checksum file {side} is unreadable: {exc}") from exc
+    if sha256_file(p) != expected:
+        raise ValueError(f"file {p} fails its sha256 checksum ({side.name}): truncated or corrupt")
+    return True

@@ -9,6 +9,9 @@ Contract:
   (and the item id when known).
 - :func:`read_catalog` / :func:`write_catalog` pick the format from the suffix (``.parquet``, ``.jsonl``, ``.csv``);
   writes are atomic (:mod:`sid_index.atomic_files`). CSV cells are read as text, so ids like ``"007"`` survive.
+  Every read error (a missing column, a bad row, a truncated or corrupted file) is a ``ValueError`` naming the file
+  (``FileNotFoundError`` for a missing one). A Parquet catalog is written with page checksums and a
+  ``catalog.parquet.sha256`` beside it, both verified on read (:func:`sid_index.atomic_files.verify_checksum`).
 - :func:`item_texts` is the text that gets embedded: title, then brand and category when present.
 - :func:`catalog_from_amazon_items` converts the Amazon-2018 ``items.json`` (``{item_id: {title, description,
   brand, categories}}``) into a catalog; popularity may come from interaction counts
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sid_index.atomic_files import write_bytes_atomic, write_text_atomic
+from sid_index.atomic_files import verify_checksum, write_bytes_atomic, write_checksum, write_text_atomic
 
 REQUIRED_COLUMNS = ("item_id", "title")
 OPTIONAL_COLUMNS = ("brand", "category", "popularity")
@@ -157,34 +160,51 @@ def read_catalog(path: str | os.PathLike[str]) -> Catalog:
         raise FileNotFoundError(f"catalog file {str(p)!r} does not exist")
     columns: dict[str, list[Any]]
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(p)
+        verify_checksum(p)  # ValueError naming the file when it differs from its .sha256
+        try:
+            table = pq.read_table(p, page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"catalog {str(p)!r} is not a readable Parquet file (truncated or corrupt?): "
+                             f"{' '.join(str(exc).split())}") from exc
         columns = {name: table.column(name).to_pylist() for name in table.column_names}
     elif suffix == ".jsonl":
         records = []
-        with p.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"catalog {str(p)!r} line {line_no} is not valid JSON: {exc}") from exc
-                if not isinstance(rec, dict):
-                    raise ValueError(f"catalog {str(p)!r} line {line_no} must be a JSON object")
-                records.append(rec)
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"catalog {str(p)!r} is not a readable UTF-8 JSONL file: {exc}") from exc
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"catalog {str(p)!r} line {line_no} is not valid JSON: {exc}") from exc
+            if not isinstance(rec, dict):
+                raise ValueError(f"catalog {str(p)!r} line {line_no} must be a JSON object")
+            records.append(rec)
         names = {k for rec in records for k in rec}
         columns = {k: [rec.get(k) for rec in records] for k in names}
         if not records:
             columns = {"item_id": [], "title": []}
     else:
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fieldnames = list(reader.fieldnames or [])
+        try:
+            with p.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                fieldnames = list(reader.fieldnames or [])
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"catalog {str(p)!r} is not a readable UTF-8 CSV file: {exc}") from exc
         columns = {k: [r.get(k) for r in rows] for k in fieldnames}
-    return _catalog_from_columns(columns, str(p))
+    try:
+        return _catalog_from_columns(columns, str(p))
+    except ValueError as exc:
+        if str(p) in str(exc):
+            raise
+        raise ValueError(f"catalog {str(p)!r}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -206,8 +226,10 @@ def write_catalog(cat: Catalog, path: str | os.PathLike[str]) -> Path:
             "popularity": pa.array(cols["popularity"], pa.float64()),
         })
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        return write_bytes_atomic(p, sink.getvalue().to_pybytes())
+        pq.write_table(table, sink, write_page_checksum=True)  # read_catalog verifies them
+        write_bytes_atomic(p, sink.getvalue().to_pybytes())
+        write_checksum(p)  # Parquet's page checksums miss page headers and the footer
+        return p
     buf = io.StringIO(newline="")
     if suffix == ".jsonl":
         for i in range(cat.num_items):

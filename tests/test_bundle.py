@@ -17,6 +17,7 @@ from decoding.bundle import (
     FORMAT_VERSION,
     BundleError,
     load_bundle,
+    seal_manifest,
     verify_bundle,
     write_bundle,
 )
@@ -46,7 +47,7 @@ def bundle_copy(good_bundle: Path, tmp_path: Path) -> Path:
 def _rewrite_manifest(bundle: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
     edit(manifest)
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    (bundle / MANIFEST).write_text(seal_manifest(manifest))  # a consistent edit: the manifest's own checksum redone
 
 
 def _rehash(bundle: Path) -> None:

@@ -242,9 +242,10 @@ def run_align(cfg: AlignConfig) -> Path:
     from transformers import AutoTokenizer
 
     from training.data.sample_format import read_samples
-    from training.model import load_model, num_parameters, read_train_info, save_model_dir
+    from training.model import check_model_dir, load_model, num_parameters, read_train_info, save_model_dir
 
     t0 = time.time()
+    check_model_dir(cfg.sft_dir)  # a truncated or corrupt file is named here, before anything reads it
     sft_info = read_train_info(cfg.sft_dir)
     sizes = sft_info.get("codebook_sizes")
     if not sizes:

@@ -324,8 +324,9 @@ def load_engine(model_dir: Path, index: Any, index_dir: Path, engine: str = "aut
 
     from decoding.engine_factory import EngineOptions, build_engine, needs_hf_model
     from decoding.sid_vocab import SidVocab
-    from training.model import load_model
+    from training.model import check_model_dir, load_model
 
+    check_model_dir(model_dir)  # a truncated or corrupt file is named here, before anything reads it
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model = load_model(model_dir) if needs_hf_model(engine) else None
     if model is not None:

@@ -5,9 +5,10 @@ Usage: ``radgr export --checkpoint RUN_DIR/final --index INDEX_DIR --samples SAM
 [--metrics eval.json]``.
 
 Contract of ``export_bundle(cfg)``:
-1. the checkpoint is a Hugging Face model directory (config.json, safetensors, fast tokenizer); its
-   ``radgr_train.json`` (if any) gives the provenance (method, steps, data) and must carry this code's prompt
-   version and the index's codebook sizes;
+1. the checkpoint is a Hugging Face model directory (config.json, safetensors, fast tokenizer) that passes
+   :func:`training.model.check_model_dir` (every file the training run wrote has its sha256, so a bundle is never
+   sealed around a truncated or corrupt file); its ``radgr_train.json`` (if any) gives the provenance (method,
+   steps, data) and must carry this code's prompt version and the index's codebook sizes;
 2. ``SAMPLES_DIR/query_categorizer.json`` is the hard-search categorizer the samples were built with, and
    ``SAMPLES_DIR/stats.json`` (if any) gives the prompt config (history cap, hard search);
 3. ``--metrics`` (a JSON object, e.g. ``radgr eval``'s output) is copied into the provenance;
@@ -84,6 +85,9 @@ def export_bundle(cfg: ExportConfig) -> Path:
     """Write the bundle (see the module docstring); returns its path."""
     if not (cfg.checkpoint / "config.json").is_file():
         raise BundleError(f"checkpoint {str(cfg.checkpoint)!r} is not a model directory (no config.json)")
+    from training.model import check_model_dir
+
+    check_model_dir(cfg.checkpoint)  # ValueError naming the file: never seal a bundle around a damaged one
     info_path = cfg.checkpoint / TRAIN_INFO_FILE
     info = _read_json_object(info_path, "training info") if info_path.is_file() else {}
     if "prompt_version" in info and info["prompt_version"] != PROMPT_VERSION:

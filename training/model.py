@@ -5,12 +5,19 @@ Contract:
   default) and ``0.6b`` / ``1.7b`` with the public Qwen3-0.6B / Qwen3-1.7B shapes (for GPU work; the vocabulary
   is radgr's).
 - ``build_model(preset, vocab_size, seed)`` -> a freshly initialised ``Qwen3ForCausalLM`` (fp32, seeded).
-- ``load_model(dir)`` -> the causal LM saved in a model directory (any local HF causal-LM directory works).
+- ``load_model(dir)`` -> the causal LM saved in a model directory (any local HF causal-LM directory works), after
+  :func:`check_model_dir`; a file that does not load raises ``ValueError`` naming the directory (never a traceback
+  from deep inside transformers).
 - ``save_model_dir(model, tokenizer, out_dir, train_info)`` writes, atomically
   (:func:`sid_index.atomic_files.publish_directory`), a standard HF directory: config.json, model.safetensors,
   tokenizer files, ``generation_config.json`` pinning every decoding parameter (:func:`hf_generation_config`, from
-  :func:`decoding.bundle.pinned_generation_config`), and ``radgr_train.json`` (``train_info``).
-- ``read_train_info(dir)`` reads ``radgr_train.json`` back.
+  :func:`decoding.bundle.pinned_generation_config`), and ``radgr_train.json`` (``train_info`` plus ``files``: the
+  sha256 of every other file of the directory).
+- ``check_model_dir(dir)`` raises ``ValueError`` naming the file when ``config.json`` is missing, or a file listed in
+  ``radgr_train.json`` is missing or fails its sha256 (a truncated or corrupted weights or tokenizer file); a
+  directory without ``radgr_train.json`` (a base HF model) is checked for ``config.json`` only.
+- ``read_train_info(dir)`` reads ``radgr_train.json`` back without ``files`` ({} when absent; ``ValueError`` naming
+  it when unreadable).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
 from decoding.bundle import pinned_generation_config
-from sid_index.atomic_files import publish_directory
+from sid_index.atomic_files import publish_directory, sha256_file
 
 TRAIN_INFO_FILE = "radgr_train.json"
+MODEL_FILES_KEY = "files"  # radgr_train.json: {file name: sha256} of the other files
 
 
 @dataclass(frozen=True)
@@ -109,13 +117,36 @@ def num_parameters(model: torch.nn.Module) -> int:
     return total
 
 
+def check_model_dir(model_dir: str | Path) -> None:
+    """Raise ``ValueError`` naming the file unless ``model_dir`` holds config.json and every file its
+    ``radgr_train.json`` lists, each with the recorded sha256 (see the module docstring)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ValueError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model directory {path} has no config.json")
+    files = _read_info_file(path).get(MODEL_FILES_KEY)
+    if files is None:
+        return
+    if not isinstance(files, dict):
+        raise ValueError(f"model file {path / TRAIN_INFO_FILE}: field {MODEL_FILES_KEY!r} must be an object")
+    for name, digest in sorted(files.items()):
+        if not (path / name).is_file():
+            raise ValueError(f"model file {path / name} is missing (listed in {TRAIN_INFO_FILE})")
+        if sha256_file(path / name) != digest:
+            raise ValueError(f"model file {path / name} fails its sha256 checksum (truncated or corrupt)")
+
+
 def load_model(model_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The causal LM of a local model directory (no download), in ``dtype``, eval mode, sdpa attention."""
     path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model directory {path} has no config.json")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa",
-                                                 local_files_only=True)
+    check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa",
+                                                     local_files_only=True)
+    except Exception as exc:  # transformers/safetensors raise OSError, ValueError, SafetensorError, ... on bad files
+        raise ValueError(f"model directory {path} does not load: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}") from exc
     model.eval()
     return model
 
@@ -140,18 +171,30 @@ def save_model_dir(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, 
         model.config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
+        files = {f.relative_to(staging).as_posix(): sha256_file(f) for f in sorted(staging.rglob("*")) if f.is_file()}
         with open(staging / TRAIN_INFO_FILE, "w", encoding="utf-8") as fh:
-            json.dump(train_info, fh, indent=2, sort_keys=True, default=_json_default)
+            json.dump({**train_info, MODEL_FILES_KEY: files}, fh, indent=2, sort_keys=True, default=_json_default)
             fh.write("\n")
     return out
 
 
 def read_train_info(model_dir: str | Path) -> dict[str, Any]:
-    """``radgr_train.json`` of a model directory ({} if absent, e.g. a base HF model)."""
-    path = Path(model_dir) / TRAIN_INFO_FILE
+    """``radgr_train.json`` of a model directory without its file checksums ({} if absent, e.g. a base HF model)."""
+    info = _read_info_file(Path(model_dir))
+    info.pop(MODEL_FILES_KEY, None)
+    return info
+
+
+def _read_info_file(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / TRAIN_INFO_FILE
     if not path.is_file():
         return {}
-    info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"model file {path} is unreadable: {exc}") from exc
+    if not isinstance(info, dict):
+        raise ValueError(f"model file {path} must hold a JSON object, given {type(info).__name__}")
     return info
 
 

@@ -9,7 +9,8 @@ Contract (columns as docs/architecture.md "Samples"):
   ``relevant_items`` and ``relevant_grades`` (truth, empty when unknown).
 - :func:`iter_sample_batches` / :func:`read_samples` stream a file back as frozen :class:`Sample` rows, checking
   that there is at least one positive, one code triple per positive and per negative, and ``top_index`` in range;
-  a broken row raises ``ValueError`` naming the file, the row (0-based, over the whole file) and the field.
+  a broken row raises ``ValueError`` naming the file, the row (0-based, over the whole file) and the field, and so
+  does a missing, truncated or corrupted file (:func:`training.data.parquet_writer.open_parquet`).
 - :class:`SampleWriter` buffers samples and writes them batch by batch through
   :class:`~training.data.parquet_writer.AtomicParquetWriter`: the file appears only on a successful close.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.data.parquet_writer import AtomicParquetWriter
+from training.data.parquet_writer import AtomicParquetWriter, open_parquet, parquet_errors
 from training.data.schema import DEFAULT_BATCH_SIZE
 
 SPLITS = ("train", "test")
@@ -132,9 +133,13 @@ def iter_sample_batches(path: str | os.PathLike[str], batch_size: int = DEFAULT_
     """Stream samples from ``train.parquet``/``test.parquet``, ``batch_size`` at a time."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, given {batch_size}")
-    pf = pq.ParquetFile(path)
+    batches = open_parquet(path, "samples").iter_batches(batch_size=batch_size)
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size):
+    while True:
+        with parquet_errors(path, "samples"):
+            batch = next(batches, None)
+        if batch is None:
+            return
         yield samples_from_batch(batch, str(path), offset)
         offset += batch.num_rows
 

@@ -12,7 +12,8 @@ Contract (one row per session; see docs/architecture.md "Sessions"):
   the row number (0-based, counted over the whole file) and the field.
 - :func:`iter_session_batches` streams a file in batches of ``batch_size`` rows (Parquet record batches), so a
   day of logs larger than memory is processed batch by batch. :class:`SessionWriter` writes batch by batch through
-  :class:`~training.data.parquet_writer.AtomicParquetWriter` (the file appears only on success).
+  :class:`~training.data.parquet_writer.AtomicParquetWriter` (the file appears only on success). A missing,
+  truncated or corrupted file raises ``ValueError`` naming it (:func:`~training.data.parquet_writer.open_parquet`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from training.data.parquet_writer import AtomicParquetWriter
+from training.data.parquet_writer import AtomicParquetWriter, open_parquet, parquet_errors
 
 _LIST_STR = pa.list_(pa.string())
 
@@ -224,7 +225,7 @@ def sessions_to_batch(sessions: Sequence[Session], with_truth: bool) -> pa.Recor
 
 def sessions_have_truth(path: str | os.PathLike[str]) -> bool:
     """Whether a sessions file carries the simulator's truth columns (checks the schema only)."""
-    return _check_columns(pq.read_schema(path), str(path))
+    return _check_columns(open_parquet(path, "sessions").schema_arrow, str(path))
 
 
 def iter_session_batches(path: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[Session]]:
@@ -232,10 +233,15 @@ def iter_session_batches(path: str | os.PathLike[str], batch_size: int = DEFAULT
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, given {batch_size}")
     where = str(path)
-    pf = pq.ParquetFile(path)
+    pf = open_parquet(path, "sessions")
     _check_columns(pf.schema_arrow, where)
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_size):
+    batches = pf.iter_batches(batch_size=batch_size)
+    while True:
+        with parquet_errors(path, "sessions"):
+            batch = next(batches, None)
+        if batch is None:
+            return
         sessions = sessions_from_batch(batch, where, offset)
         offset += batch.num_rows
         yield sessions
@@ -248,23 +254,29 @@ def read_sessions(path: str | os.PathLike[str]) -> list[Session]:
 
 def read_days(path: str | os.PathLike[str]) -> list[int]:
     """The ``day`` column alone (one column is read; for large files prefer :func:`last_day`)."""
-    return [int(d) for d in pq.read_table(path, columns=["day"]).column("day").to_pylist()]
+    with parquet_errors(path, "sessions"):
+        table = open_parquet(path, "sessions").read(columns=["day"])
+    return [int(d) for d in table.column("day").to_pylist()]
 
 
 def count_sessions(path: str | os.PathLike[str]) -> int:
     """Rows in a sessions file, from the Parquet footer (nothing else is read)."""
-    return int(pq.ParquetFile(path).metadata.num_rows)
+    return int(open_parquet(path, "sessions").metadata.num_rows)
 
 
 def last_day(path: str | os.PathLike[str], batch_size: int = 1 << 20) -> int | None:
     """The largest ``day`` (streamed over the one column); ``None`` for an empty file."""
     best: int | None = None
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["day"]):
+    batches = open_parquet(path, "sessions").iter_batches(batch_size=batch_size, columns=["day"])
+    while True:
+        with parquet_errors(path, "sessions"):
+            batch = next(batches, None)
+        if batch is None:
+            return best
         if batch.num_rows:
             m = pc.max(batch.column(0)).as_py()
             if m is not None and (best is None or m > best):
                 best = int(m)
-    return best
 
 
 class SessionWriter(AtomicParquetWriter):
