@@ -70,6 +70,10 @@ async def _retrieve(state: ServingState, settings: ServerSettings, body: schemas
     if not state.ready or state.batcher is None or state.bundle is None:
         raise _unavailable(state, settings, "not_ready", "the server is not ready yet")
     bundle = state.bundle
+    try:  # shed before building the prompt: under overload a refusal must cost the event loop next to nothing
+        state.batcher.check_wait(body.beam_width, t_arrival + settings.request_timeout_s)
+    except QueueFull as exc:
+        raise _unavailable(state, settings, exc.reason, str(exc)) from None
     prompt = encode_request_prompt(bundle.tokenizer, body.query, body.profile, body.history, bundle.index,
                                    bundle.categorizer, bundle.prompt_config)
     request = RetrievalRequest(prompt.token_ids, beam_width=body.beam_width, top_k_items=body.top_k)
@@ -127,7 +131,8 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
         batcher = MicroBatcher(engine.retrieve_batch, BatcherConfig(
             max_wait_s=settings.max_wait_ms / 1000.0, max_batch_requests=settings.max_batch_requests,
             max_batch_rows=settings.max_batch_rows, max_queue_requests=settings.max_queue_requests,
-            max_queue_rows=settings.max_queue_rows, stall_s=settings.engine_stall_s,
+            max_queue_rows=settings.max_queue_rows, max_queue_wait_s=settings.max_queue_wait_s,
+            stall_s=settings.engine_stall_s,
             probe_interval_s=settings.engine_probe_interval_s), metrics, engine.name, engine_thread=engine_thread)
         state.bundle, state.engine, state.batcher = bundle, engine, batcher
         metrics.set_build_info(version=VERSION, engine=engine.name, model=bundle.name,

@@ -4,6 +4,11 @@ Contract (docs/serving.md "Serving behaviour"):
 1. ``admit(request, deadline)`` is synchronous: it checks the queue bounds (requests and beam rows) and counts the
    request in the same step, so a burst can never pass the check and then all be counted; over a bound it raises
    :class:`QueueFull` (→ 503). ``retrieve`` = ``admit`` + ``wait``.
+   It also bounds the *wait*: from the measured service rate (an exponential moving average of engine seconds
+   per beam row over recent batches, :meth:`MicroBatcher.estimated_wait`), a request is admitted only if the rows
+   ahead of it (queued + running) plus its own would be served within ``max_queue_wait_s`` and before its
+   deadline; otherwise it is shed at once (reason ``queue_wait``) instead of waiting to time out. Until the first
+   batch has run there is no estimate and only the length bounds apply.
 2. The dispatcher takes the queue's head and waits at most ``max_wait_s`` after that *first* request was queued
    (Ray Serve semantics) for more, or less if the batch fills first; when the engine was busy the head has usually
    waited already and the batch goes at once with whatever queued meanwhile.
@@ -70,6 +75,8 @@ class BatcherConfig:
     max_queue_rows: int = 8192
     stall_s: float = 60.0  # a batch running longer than this marks the engine dead (hung) until it returns
     probe_interval_s: float = 5.0  # while dead and idle, retry the probe request this often
+    max_queue_wait_s: float = 1.0  # shed a request whose estimated wait + service exceeds this (measured rate)
+    service_ewma: float = 0.2  # weight of the newest batch in the seconds-per-row moving average
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_wait_s <= 10.0:
@@ -78,6 +85,10 @@ class BatcherConfig:
             raise ValueError(f"stall_s must be in [0.01, 3600], given {self.stall_s}")
         if not 0.01 <= self.probe_interval_s <= 3600.0:
             raise ValueError(f"probe_interval_s must be in [0.01, 3600], given {self.probe_interval_s}")
+        if not 0.01 <= self.max_queue_wait_s <= 600.0:
+            raise ValueError(f"max_queue_wait_s must be in [0.01, 600], given {self.max_queue_wait_s}")
+        if not 0.0 < self.service_ewma <= 1.0:
+            raise ValueError(f"service_ewma must be in (0, 1], given {self.service_ewma}")
         for name in ("max_batch_requests", "max_batch_rows", "max_queue_requests", "max_queue_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, given {getattr(self, name)}")
@@ -133,6 +144,8 @@ class MicroBatcher:
         self._engine_busy = False  # set on the worker thread while the engine call runs
         self._closing = False
         self.batches_run = 0
+        self._seconds_per_row: float | None = None  # measured service cost (moving average), None until a batch ran
+        self._inflight_rows = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -196,6 +209,22 @@ class MicroBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    def estimated_wait(self, rows: int = 0) -> float | None:
+        """Seconds until ``rows`` more beam rows would be served: (running + queued + ``rows``) × the measured
+        seconds per row; ``None`` before the first batch."""
+        if self._seconds_per_row is None:
+            return None
+        return (self._inflight_rows + self._queued_rows + rows) * self._seconds_per_row
+
+    def check_wait(self, rows: int, deadline: float) -> None:
+        """Raise :class:`QueueFull` (``queue_wait``) when ``rows`` more beam rows would not be served within
+        ``max_queue_wait_s`` or before ``deadline`` (``time.monotonic()`` seconds) at the measured rate."""
+        wait = self.estimated_wait(rows)
+        if wait is not None:
+            budget = min(self.cfg.max_queue_wait_s, deadline - time.monotonic())
+            if wait > budget:
+                raise QueueFull("queue_wait", f"server busy: estimated wait {wait:.2f} s exceeds {budget:.2f} s")
+
     # -- admission and waiting -------------------------------------------------------------------------------
     def admit(self, request: RetrievalRequest, deadline: float) -> Job:
         """Check the bounds and count the request, in one synchronous step."""
@@ -205,6 +234,7 @@ class MicroBatcher:
             raise QueueFull("queue_full", f"queue is full ({self.cfg.max_queue_requests} requests)")
         if self._queued_rows + request.beam_width > self.cfg.max_queue_rows:
             raise QueueFull("queue_rows_full", f"queue is full ({self.cfg.max_queue_rows} beam rows)")
+        self.check_wait(request.beam_width, deadline)
         job = Job(request, deadline, time.monotonic(), asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._queued_rows += job.rows
@@ -362,6 +392,7 @@ class MicroBatcher:
         requests = [job.request for job in batch]
         t0 = time.perf_counter()
         self._batch_started = time.monotonic()
+        self._inflight_rows = rows
         try:
             results = await loop.run_in_executor(self._executor, self._call_engine, requests)
         except asyncio.CancelledError:
@@ -377,9 +408,14 @@ class MicroBatcher:
             return
         finally:
             self._batch_started = None
+            self._inflight_rows = 0
             if self._metrics is not None:
                 self._metrics.inflight_rows.set(0)
         engine_s = time.perf_counter() - t0
+        per_row = engine_s / max(rows, 1)
+        a = self.cfg.service_ewma
+        prev = self._seconds_per_row
+        self._seconds_per_row = per_row if prev is None else (1 - a) * prev + a * per_row
         if self._consecutive_failures:
             logger.info("engine recovered after %d failed batches", self._consecutive_failures)
         self._consecutive_failures = 0

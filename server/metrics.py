@@ -8,7 +8,8 @@ Names (one prefix ``radgr_``, base units):
 - ``radgr_engine_seconds{phase, engine}`` — engine time per batch and phase (prefill / decode / finalize / total);
 - ``radgr_batch_requests`` / ``radgr_batch_beam_rows`` — batch size in requests and in beam rows;
 - ``radgr_queue_requests`` / ``radgr_queue_beam_rows`` / ``radgr_inflight_beam_rows`` — gauges;
-- ``radgr_rejections_total{reason}`` (queue_full / queue_rows_full / draining / not_ready / auth / body_too_large);
+- ``radgr_rejections_total{reason}`` (queue_full / queue_rows_full / queue_wait / draining / not_ready / auth /
+  body_too_large);
 - ``radgr_cancellations_total{reason}`` (client_disconnect / deadline);
 - ``radgr_engine_failures_total`` — engine batches that raised or answered malformed results;
 - ``radgr_invalid_sids_total`` — SIDs the engine returned that are not in the index (must stay 0 under the trie);
@@ -61,7 +62,8 @@ class ServerMetrics:
                                     registry=r)
         self.build_info = Gauge("radgr_build_info", "Build and bundle information (constant 1).",
                                 ["version", "engine", "model", "prompt_version", "bundle_format"], registry=r)
-        for reason in ("queue_full", "queue_rows_full", "draining", "not_ready", "auth", "body_too_large"):
+        for reason in ("queue_full", "queue_rows_full", "queue_wait", "draining", "not_ready", "auth",
+                       "body_too_large"):
             self.rejections.labels(reason=reason)
         for reason in ("client_disconnect", "deadline"):
             self.cancellations.labels(reason=reason)

@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     max_batch_rows: int = Field(1024, ge=1, le=65536, description="Beam-row budget per batch (sum of beam widths).")
     max_queue_requests: int = Field(64, ge=1, le=100000, description="Queued requests before 503.")
     max_queue_rows: int = Field(8192, ge=1, le=10_000_000, description="Queued beam rows before 503.")
+    max_queue_wait_s: float = Field(
+        1.0, ge=0.01, le=600.0, description="Shed (503) a request whose estimated queue wait plus service, from the "
+        "measured service rate, exceeds this (or its deadline).")
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="Per-request deadline (504 past it).")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest request body (413 above).")
     request_read_timeout_s: float = Field(10.0, ge=0.05, le=600.0,

@@ -176,3 +176,65 @@ def test_config_bounds_are_named() -> None:
         BatcherConfig(max_batch_rows=0)
     with pytest.raises(ValueError, match=r"max_wait_s must be in \[0, 10\], given -1"):
         BatcherConfig(max_wait_s=-1)
+
+
+class SlowPerRow:
+    """Takes ``seconds_per_row`` × Σ beam widths per batch: a known service rate."""
+
+    def __init__(self, seconds_per_row: float) -> None:
+        self.seconds_per_row = seconds_per_row
+
+    def __call__(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]:
+        time.sleep(self.seconds_per_row * sum(r.beam_width for r in requests))
+        return [RetrievalResult(sids=[], items=[], timings={}) for _ in requests]
+
+
+def test_admission_bounds_the_wait_by_the_measured_service_rate() -> None:
+    """At 10 ms per beam row (measured from the first batch), 4-row requests cost ~40 ms: with a 0.3 s wait bound
+    about 7 of them fit (7 × 40 ms = 0.28 s ≤ 0.3 s, 8 would be 0.32 s), the rest are shed at once as
+    ``queue_wait``; before any batch ran only the length bounds applied."""
+
+    async def main() -> tuple[int, list[str], float | None, int]:
+        b = MicroBatcher(SlowPerRow(0.01), BatcherConfig(max_wait_s=0.0, max_queue_wait_s=0.3, max_batch_requests=1,
+                                                         service_ewma=1.0))
+        await b.start()
+        assert b.estimated_wait(4) is None  # nothing measured yet
+        await b.retrieve(req(0), far())  # measures 10 ms per row
+        estimate = b.estimated_wait(4)
+        admitted, reasons = [], []
+        for i in range(12):
+            try:
+                admitted.append(b.admit(req(i), far()))
+            except QueueFull as exc:
+                reasons.append(exc.reason)
+        waited = await asyncio.gather(*(b.wait(j) for j in admitted))
+        await b.stop()
+        return len(admitted), reasons, estimate, len(waited)
+
+    n, reasons, estimate, served = run(main())
+    assert estimate is not None and 0.035 <= estimate <= 0.08
+    assert 5 <= n <= 8 and served == n  # ~7 (timing noise of a loaded machine moves the first batch's measure)
+    assert reasons and set(reasons) == {"queue_wait"}
+
+
+def test_a_deadline_shorter_than_the_estimated_wait_is_shed_at_once() -> None:
+    async def main() -> str:
+        b = MicroBatcher(SlowPerRow(0.01), BatcherConfig(max_wait_s=0.0, max_queue_wait_s=10.0, service_ewma=1.0))
+        await b.start()
+        await b.retrieve(req(0, beam=32), far())  # 0.32 s measured: 10 ms per row
+        try:
+            b.check_wait(32, time.monotonic() + 0.1)  # needs ~0.32 s, has 0.1 s
+        except QueueFull as exc:
+            return exc.reason
+        finally:
+            await b.stop()
+        return "admitted"
+
+    assert run(main()) == "queue_wait"
+
+
+def test_wait_bound_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="max_queue_wait_s"):
+        BatcherConfig(max_queue_wait_s=0.0)
+    with pytest.raises(ValueError, match="service_ewma"):
+        BatcherConfig(service_ewma=0.0)
