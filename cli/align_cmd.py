@@ -1,4 +1,4 @@
-"""``radgr train align`` and ``radgr experiment paper-table``.
+"""``radgr train align``, ``radgr experiment paper-table`` and ``radgr experiment ab``.
 
     radgr train align --method dpo|simpo|orpo|rad-dpo [--no-tlgd --no-rdrw --no-ml-sft]
                       --sft RUN_DIR/final --samples DIR --out RUN_DIR
@@ -6,9 +6,13 @@
                        --save-steps 200 --logging-steps 10 --rdrw-window 4096 --limit N]
     radgr experiment paper-table --samples DIR --index DIR --sft RUN_DIR/final --out DIR
                       [--seeds 3] [--config default|tiny] [--methods sft,dpo,...] [--dataset-name simulated]
+    radgr experiment ab --world SIM_DIR (--url-a URL --url-b URL | --bundle-a BUNDLE --bundle-b BUNDLE) --out DIR
+                      [--users 2000 --sessions-per-user 3 --rate 0 --concurrency 8 --salt radgr-ab-v1 --seed 0
+                       --label-a A --label-b B --beam-width 128 --engine auto --server-threads 1]
 
-Each command builds a config, calls ``training.align`` / ``training.experiment``, prints a table and returns 0
-(2 on bad input, with a message naming the field).
+Each command builds a config, calls ``training.align`` / ``training.experiment`` / ``training.ab_test``, prints a
+table and returns 0 (2 on bad input, with a message naming the field; ``ab``: 1 when failed requests exceed
+``--max-failure-rate`` in an arm).
 """
 
 from __future__ import annotations
@@ -135,3 +139,96 @@ def paper_table_command(
         console.print(f"{c['claim']}: holds on {c['holds_on']}/{c['of']} headline metrics")
     console.print(f"table: {paths['markdown']}  json: {paths['json']}  chart: {paths['png']}")
     return 0
+
+
+def ab_command(
+    world: Path = typer.Option(..., "--world", help="The simulated world: radgr data simulate's output directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory: ab_report.{json,md}, ab_lift.png, server logs."),
+    url_a: str | None = typer.Option(None, "--url-a", help="Arm A's server, e.g. http://127.0.0.1:8000."),
+    url_b: str | None = typer.Option(None, "--url-b", help="Arm B's server."),
+    bundle_a: Path | None = typer.Option(None, "--bundle-a", help="Start radgr serve for this bundle as arm A."),
+    bundle_b: Path | None = typer.Option(None, "--bundle-b", help="Start radgr serve for this bundle as arm B."),
+    users: int = typer.Option(2000, "--users", help="Simulated users over both arms."),
+    sessions_per_user: int = typer.Option(3, "--sessions-per-user", help="Searches per user, one after another."),
+    rate: float = typer.Option(0.0, "--rate", help="Request starts per second over both arms (0 = unpaced)."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at most (users played at once)."),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", help="Per-request timeout; a timeout counts as a failure."),
+    salt: str = typer.Option("radgr-ab-v1", "--salt", help="Salt of the user → arm hash."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulated users and their clicks."),
+    top_k: int = typer.Option(0, "--top-k", help="Items asked for (0 = the world's exposure length)."),
+    beam_width: int = typer.Option(128, "--beam-width", help="Beam width of every request."),
+    label_a: str = typer.Option("A", "--label-a", help="Arm A's name in the report, e.g. SFT."),
+    label_b: str = typer.Option("B", "--label-b", help="Arm B's name in the report, e.g. RAD-DPO."),
+    engine: str = typer.Option("auto", "--engine", envvar="RADGR_ENGINE",
+                               help="Engine of servers started with --bundle-a/--bundle-b: auto, torch or vllm."),
+    server_threads: int = typer.Option(1, "--server-threads", help="torch threads of each started server."),
+    max_failure_rate: float = typer.Option(0.01, "--max-failure-rate",
+                                           help="Exit 1 when an arm's failed-request share exceeds this."),
+) -> int:
+    """A simulated online A/B test: simulated users of a world replayed against two servers over HTTP."""
+    import contextlib
+    import dataclasses
+    import os
+    import time
+    from contextlib import AbstractContextManager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.ab_report import write_ab_files
+    from training.ab_test import AbConfig, run_ab, served_bundles
+
+    given = [x is not None for x in (url_a, url_b, bundle_a, bundle_b)]
+    if given not in ([True, True, False, False], [False, False, True, True]):
+        err_console.print("[red]error:[/red] give either --url-a and --url-b, or --bundle-a and --bundle-b")
+        return 2
+    for name, path in (("--bundle-a", bundle_a), ("--bundle-b", bundle_b)):
+        if path is not None and not (path / "manifest.json").is_file():
+            err_console.print(f"[red]error:[/red] {name}: {path} is not a bundle (no manifest.json)")
+            return 2
+    try:  # bad options fail before any server starts
+        cfg = AbConfig(world_dir=world, url_a=url_a or "http://127.0.0.1", url_b=url_b or "http://127.0.0.1",
+                       out_dir=out, users=users, sessions_per_user=sessions_per_user, salt=salt, seed=seed, rate=rate,
+                       concurrency=concurrency, timeout_s=timeout_s, top_k=top_k, beam_width=beam_width,
+                       label_a=label_a, label_b=label_b, api_key=os.environ.get("RADGR_API_KEY") or None)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    servers: AbstractContextManager[tuple[str, str]] = contextlib.nullcontext((cfg.url_a, cfg.url_b))
+    if bundle_a is not None and bundle_b is not None:
+        console.print(f"starting radgr serve ({engine}) for {bundle_a} and {bundle_b} …")
+        servers = served_bundles(bundle_a, bundle_b, out, engine=engine, threads=server_threads)
+    failed = {"A": 0, "B": 0}
+    t_start = time.perf_counter()
+    try:
+        with servers as (a, b), Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                                         MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("requests", total=users * sessions_per_user)
+
+            def tick(arm: str, failure: str | None) -> None:
+                if failure is not None:
+                    failed[arm] += 1
+                bar.update(task, advance=1, description=f"requests (failed: A {failed['A']}, B {failed['B']})")
+
+            doc = run_ab(dataclasses.replace(cfg, url_a=a, url_b=b), progress=tick)
+    except (ValueError, RuntimeError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        return 2
+    doc["total_wall_seconds"] = time.perf_counter() - t_start
+    paths = write_ab_files(doc, out)
+    t = Table(title=f"A/B: {label_b} (B) vs {label_a} (A), {users:,} users, {doc['wall_seconds']:.0f} s")
+    for col in ("metric", "A", "B", "relative lift [95% CI]", "significant", "users/arm needed"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for key, lf in doc["lifts"].items():
+        need = lf["users_per_arm_needed"]
+        t.add_row(key, f"{lf['a']:.4f}", f"{lf['b']:.4f}",
+                  f"{100 * lf['rel']:+.2f}% [{100 * lf['rel_ci'][0]:+.2f}, {100 * lf['rel_ci'][1]:+.2f}]",
+                  "yes" if lf["significant"] else "no", "–" if need is None else f"{need:,}")
+    console.print(t)
+    rc = 0
+    for arm, s in doc["arms"].items():
+        if s["failed_requests"]:
+            console.print(f"[red]arm {arm}: {s['failed_requests']} failed requests {s['failures']}[/red]")
+        if s["failure_rate"] > max_failure_rate:
+            rc = 1
+    console.print(f"report: {paths['markdown']}  json: {paths['json']}  chart: {paths['png']}")
+    return rc

@@ -31,6 +31,7 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Experiments.")
 experiment_app.command("paper-table", help="SFT, baselines, RAD-DPO and ablations over seeds.")(
     align_cmd.paper_table_command
 )
+experiment_app.command("ab", help="Simulated online A/B test of two served bundles over HTTP.")(align_cmd.ab_command)
 app.add_typer(experiment_app, name="experiment")
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Servable bundles.")

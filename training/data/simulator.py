@@ -81,7 +81,9 @@ _POOL_CACHE_ENTRIES = 20_000
 
 
 @dataclass
-class _User:
+class SimUser:
+    """A simulated user: stable preferences and a growing history (item ids, oldest first)."""
+
     user_id: str
     group_weights: np.ndarray
     group_cum: np.ndarray
@@ -91,7 +93,7 @@ class _User:
     history: list[str]
 
 
-def _make_users(world: World, cfg: SimConfig, rng: np.random.Generator) -> list[_User]:
+def _make_users(world: World, cfg: SimConfig, rng: np.random.Generator) -> list[SimUser]:
     n_groups = len(world.group_names)
     width = len(str(cfg.users - 1))
     log_pop = np.log(world.popularity + 1.0)
@@ -122,7 +124,7 @@ def _make_users(world: World, cfg: SimConfig, rng: np.random.Generator) -> list[
             cum = group_cum[g]
             if cum is not None:
                 history.append(world.item_ids[int(world.group_items[g][draw(cum, rng)])])
-        users.append(_User(f"u{u:0{width}d}", w, np.cumsum(w), frozenset(brands), level, profile, history))
+        users.append(SimUser(f"u{u:0{width}d}", w, np.cumsum(w), frozenset(brands), level, profile, history))
     return users
 
 
@@ -164,7 +166,54 @@ def _write_query(world: World, target: int, n_mod: int, with_brand: bool, cfg: S
     return text, mods
 
 
-class _Simulation:
+def examination(length: int, position_bias: float) -> np.ndarray:
+    """Probability that rank k (0-based) of a shown list is examined: ``(k+1) ** -position_bias``, k < length."""
+    return (np.arange(length) + 1.0) ** (-position_bias)
+
+
+def click_and_order(grades: np.ndarray, affinity: np.ndarray, examined: np.ndarray,
+                    rng: np.random.Generator) -> tuple[np.ndarray, int | None]:
+    """The user model on one shown list: (clicked positions, ordered position or None).
+
+    ``grades[k]`` is the truth of the item at rank k (0 not relevant, 0.5 same product type, 1..3 relevant),
+    ``affinity[k]`` the user's preference for it, ``examined[k]`` the examination probability (at least as long
+    as the list). Rank k is clicked with probability ``examined[k] · min(0.95, attract(grade) · affinity)``; of
+    the clicked items the one with the best ``grade + log affinity + Gumbel`` is ordered with probability
+    ``order(grade)``. Draws, in this order: one uniform per rank, one Gumbel per click, one uniform if any click.
+    """
+    attract = np.array([_ATTRACT[float(g)] for g in grades]) * affinity
+    clicked_mask = rng.random(len(grades)) < examined[: len(grades)] * np.minimum(attract, 0.95)
+    clicked_idx = np.flatnonzero(clicked_mask)
+    if not len(clicked_idx):
+        return clicked_idx, None
+    utility = grades[clicked_idx] + np.log(affinity[clicked_idx]) + rng.gumbel(size=len(clicked_idx))
+    best = int(clicked_idx[int(np.argmax(utility))])
+    return clicked_idx, (best if rng.random() < _ORDER[float(grades[best])] else None)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a user wants in one session: the query they write and the truth over their category."""
+
+    user: int  # index into Simulation.users
+    pool: np.ndarray  # the category's item rows (the ranker's candidate pool)
+    affinity: np.ndarray  # the user's affinity for each pool item
+    query: str
+    empty: bool  # an empty query (browse)
+    relevant_rows: np.ndarray  # the relevant items, best first (at most relevant_breadth)
+    relevant_grade: np.ndarray  # their grades 1..3
+    pool_grade: np.ndarray  # per pool item: its grade if relevant, 0.5 same product type, else 0
+    target_type: int  # the product type the user is after
+
+
+class Simulation:
+    """Users and the session model over one world; ``session`` draws one logged session from ``self.rng``.
+
+    ``intent`` (what a user asks for, with its truth), ``affinity`` and :func:`click_and_order` are also used on
+    their own by the online A/B replay (``training/ab_users.py``), which shows the user a server's ranking instead
+    of the simulated ranker's.
+    """
+
     def __init__(self, world: World, cfg: SimConfig) -> None:
         self.world = world
         self.cfg = cfg
@@ -173,7 +222,7 @@ class _Simulation:
         lp = np.log(world.popularity + 1.0)
         self.pop_z = (lp - lp.mean()) / max(float(lp.std()), 1e-9)
         self.log_pop = lp
-        self.exam = (np.arange(cfg.exposure_length) + 1.0) ** (-cfg.position_bias)
+        self.exam = examination(cfg.exposure_length, cfg.position_bias)
         self.attr_sets = [frozenset(a) for a in world.item_attrs]
         self._pool_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # type t's items as positions in its group's item list (both sorted, and a type lies in one group)
@@ -189,7 +238,7 @@ class _Simulation:
         self.n_unclicked_relevant = 0
         self.n_empty = 0
 
-    def _affinity(self, user: _User, rows: np.ndarray) -> np.ndarray:
+    def affinity(self, user: SimUser, rows: np.ndarray) -> np.ndarray:
         """Multiplicative preference of a user for items: preferred brand ×1.3, matching price level ×1.15."""
         w = self.world
         brand = np.isin(w.item_brand[rows], np.fromiter(user.brands, dtype=np.int64, count=len(user.brands)))
@@ -201,16 +250,16 @@ class _Simulation:
         key = (u, group)
         hit = self._pool_cache.get(key)
         if hit is None:
-            aff = self._affinity(self.users[u], pool)
+            aff = self.affinity(self.users[u], pool)
             cum = np.cumsum(np.exp(self.log_pop[pool] - self.log_pop[pool].max()) * aff**3)
             hit = (aff, cum)
             if len(self._pool_cache) < _POOL_CACHE_ENTRIES:  # bounded: memory does not grow with users
                 self._pool_cache[key] = hit
         return hit
 
-    def session(self, day: int, index: int) -> Session:
-        w, cfg, rng = self.world, self.cfg, self.rng
-        u = int(rng.integers(len(self.users)))
+    def intent(self, u: int, rng: np.random.Generator) -> Intent:
+        """User ``u`` picks a category, a target item in it and writes a query; the truth follows from them."""
+        w, cfg = self.world, self.cfg
         user = self.users[u]
         group = draw(user.group_cum, rng)
         pool = w.group_items[group]
@@ -235,7 +284,7 @@ class _Simulation:
         order = np.lexsort((-self.log_pop[same_type], -grade))[: cfg.relevant_breadth]
         relevant_rows = same_type[order]
         relevant_grade = grade[order]
-        # an imperfect ranker over the category
+        # the truth over the category (the ranker's pool)
         true_rel = np.zeros(len(pool))
         if len(w.group_items[group]):
             type_pos = self.type_pos[int(w.item_type[target])]  # positions of the type's items in the pool
@@ -244,27 +293,30 @@ class _Simulation:
         else:
             true_rel[same_type] = 0.5
             true_rel[relevant_rows] = relevant_grade
+        return Intent(user=u, pool=pool, affinity=aff_pool, query=query, empty=empty, relevant_rows=relevant_rows,
+                      relevant_grade=relevant_grade, pool_grade=true_rel, target_type=int(w.item_type[target]))
+
+    def session(self, day: int, index: int) -> Session:
+        w, cfg, rng = self.world, self.cfg, self.rng
+        u = int(rng.integers(len(self.users)))
+        user = self.users[u]
+        it = self.intent(u, rng)
+        pool, true_rel, empty = it.pool, it.pool_grade, it.empty
         score = true_rel + cfg.ranker_noise * rng.standard_normal(len(pool)) + cfg.popularity_weight * self.pop_z[pool]
         top = np.argsort(-score, kind="stable")[: cfg.exposure_length]
         exposed_rows = pool[top]
-        exposed_rel = true_rel[top]
-        attract = np.array([_ATTRACT[float(g)] for g in exposed_rel]) * aff_pool[top]
-        clicked_mask = rng.random(len(top)) < self.exam[: len(top)] * np.minimum(attract, 0.95)
-        clicked_idx = np.flatnonzero(clicked_mask)
-        ordered: tuple[str, ...] = ()
-        if len(clicked_idx):
-            utility = exposed_rel[clicked_idx] + np.log(aff_pool[top][clicked_idx]) + rng.gumbel(size=len(clicked_idx))
-            best = int(clicked_idx[int(np.argmax(utility))])
-            if rng.random() < _ORDER[float(exposed_rel[best])]:
-                ordered = (w.item_ids[int(exposed_rows[best])],)
+        clicked_idx, best = click_and_order(true_rel[top], it.affinity[top], self.exam, rng)
+        clicked_mask = np.zeros(len(top), dtype=bool)
+        clicked_mask[clicked_idx] = True
+        ordered: tuple[str, ...] = () if best is None else (w.item_ids[int(exposed_rows[best])],)
         exposed = tuple(w.item_ids[int(i)] for i in exposed_rows)
         clicked = tuple(exposed[int(i)] for i in clicked_idx)
-        relevant = tuple(w.item_ids[int(i)] for i in relevant_rows)
+        relevant = tuple(w.item_ids[int(i)] for i in it.relevant_rows)
         history = tuple(user.history[-cfg.history_cap:]) if cfg.history_cap else ()
         s = Session(
-            session_id=f"d{day}-{index:07d}", day=day, user_id=user.user_id, query=query,
+            session_id=f"d{day}-{index:07d}", day=day, user_id=user.user_id, query=it.query,
             profile=dict(user.profile), history=history, exposed=exposed, clicked=clicked, ordered=ordered,
-            relevant=relevant, relevant_grades=tuple(int(g) for g in relevant_grade),
+            relevant=relevant, relevant_grades=tuple(int(g) for g in it.relevant_grade),
         )
         user.history.extend(clicked)
         if len(user.history) > 4 * max(cfg.history_cap, 1):
@@ -305,7 +357,7 @@ class _Simulation:
 def iter_simulated_sessions(world: World, cfg: SimConfig, chunk: int = 4096,
                             stats_out: list[SimStats] | None = None) -> Iterator[list[Session]]:
     """Sessions in day order, ``chunk`` at a time; appends the final :class:`SimStats` to ``stats_out``."""
-    sim = _Simulation(world, cfg)
+    sim = Simulation(world, cfg)
     buf: list[Session] = []
     for day in range(1, cfg.days + 1):
         for k in range(cfg.sessions_per_day):
