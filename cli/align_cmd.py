@@ -23,10 +23,17 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+def _fail(exc: BaseException) -> int:
+    """Report bad input on one stderr line (the message names the file or field; no markup, no wrapping): exit 2."""
+    err_console.print(f"[red]error:[/red] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
+    return 2
+
 
 # the rows of the paper's table (training.experiment.VARIANTS; a test keeps the two equal)
 ALL_ROWS = "sft,dpo,simpo,orpo,rad-dpo,rad-dpo-no-tlgd,rad-dpo-no-rdrw,rad-dpo-no-ml-sft"
@@ -70,9 +77,8 @@ def align_command(
             rdrw=RdrwConfig(window=rdrw_window), resume=resume, limit=limit,
         )
         final = run_align(cfg)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     info = read_train_info(final)
     t = Table(title=f"align {info.get('variant')} → {final}")
     t.add_column("statistic")
@@ -123,9 +129,8 @@ def paper_table_command(
                                dataset_name=dataset_name, overrides=overrides, eval_limit=eval_limit,
                                rdrw_window=rdrw_window)
         paths = run_experiment(cfg, progress=lambda msg: console.print(f"[bold]{msg}"))
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return 2
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
     doc = json.loads(paths["json"].read_text())
     t = Table(title=f"paper table — {dataset_name} ({config}, {seeds} seed(s))")
     heads = ("halluc.", "R@10", "MRR", "SID R@8", "SID MRR")

@@ -311,5 +311,5 @@ def test_rad_dpo_refuses_a_checkpoint_without_its_rdrw_state(tmp_path: Path, tin
     mark_complete(ckpt, 2)  # as a checkpoint of an older radgr would look
     capsys.readouterr()
     assert main([*args, "--resume"]) == 2
-    err = "".join(capsys.readouterr().err.split())  # rich folds a long path over lines
-    assert "checkpoint-2hasnoradgr_extra_state.pt" in err
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and f"{run}/checkpoints/checkpoint-2 has no radgr_extra_state.pt" in lines[0]
