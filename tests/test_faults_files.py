@@ -292,20 +292,11 @@ def _staging(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.tmp-*"))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("old", "when"), [(True, "weights-copied"), (False, "staging-appears")])
-def test_export_killed_mid_write_leaves_the_old_bundle_or_nothing(old: bool, when: str, bundle: Path,
-                                                                  model_world: dict[str, Path],
-                                                                  tmp_path: Path) -> None:
-    """`radgr export --overwrite` killed with SIGKILL while it fills its staging folder: the path still holds the old
-    bundle (it verifies, same manifest bytes), or nothing when there was none; the next export then succeeds."""
-    out = Path(shutil.copytree(bundle, tmp_path / "bundle")) if old else tmp_path / "bundle"
-    before = (out / "manifest.json").read_bytes() if old else None
-    export = ["export", "--checkpoint", str(model_world["model"]), "--index", str(model_world["index"]),
-              "--samples", str(model_world["samples"]), "--out", str(out), "--overwrite", "--name", "new"]
+def _export_killed(export: list[str], out: Path, when: str, log: Path) -> bool:
+    """Run ``radgr export`` and SIGKILL it at ``when``; True when the kill landed mid-write (staging left behind)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with (tmp_path / "export.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *export], cwd=REPO, env=env, stdout=log,
+    with log.open("ab") as out_log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *export], cwd=REPO, env=env, stdout=out_log,
                                 stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -315,10 +306,33 @@ def test_export_killed_mid_write_leaves_the_old_bundle_or_nothing(old: bool, whe
             break
         time.sleep(0.002)
     rc = proc.wait(timeout=30)
-    assert rc == -signal.SIGKILL, f"export ended (rc {rc}) before the kill: {(tmp_path / 'export.log').read_text()}"
-    assert _staging(out), "the kill landed after the staging folder was renamed"
+    assert rc in (0, -signal.SIGKILL), log.read_text()
+    return rc == -signal.SIGKILL and bool(_staging(out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("old", "when"), [(True, "weights-copied"), (False, "staging-appears")])
+def test_export_killed_mid_write_leaves_the_old_bundle_or_nothing(old: bool, when: str, bundle: Path,
+                                                                  model_world: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    """`radgr export --overwrite` killed with SIGKILL while it fills its staging folder: the path still holds the old
+    bundle (it verifies, same manifest bytes), or nothing when there was none; the next export then succeeds.
+    A busy machine can starve this process past the staging window, so a kill that missed it is tried again."""
+    out = tmp_path / "bundle"
+    export = ["export", "--checkpoint", str(model_world["model"]), "--index", str(model_world["index"]),
+              "--samples", str(model_world["samples"]), "--out", str(out), "--overwrite", "--name", "new"]
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        for leftover in _staging(out):
+            shutil.rmtree(leftover)
+        if old:
+            shutil.copytree(bundle, out)
+        if _export_killed(export, out, when, tmp_path / "export.log"):
+            break
+    else:
+        pytest.fail("three exports ended before the kill landed mid-write")
     if old:
-        assert (out / "manifest.json").read_bytes() == before
+        assert (out / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
         verify_bundle(out)
     else:
         assert not out.exists()
