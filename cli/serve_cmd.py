@@ -21,7 +21,7 @@ err_console = Console(stderr=True)
 
 _DEFAULTS: dict[str, str] = {  # shown in --help; ServerSettings holds the real defaults (a test checks they agree)
     "host": "127.0.0.1", "port": "8000", "max_wait_ms": "5.0", "max_batch_requests": "16", "max_batch_rows": "1024",
-    "max_queue_requests": "64", "max_queue_rows": "8192", "max_queue_wait_s": "1.0", "request_timeout_s": "10.0",
+    "max_queue_requests": "64", "max_queue_rows": "8192", "max_queue_wait_s": "0.5", "request_timeout_s": "10.0",
     "drain_grace_s": "10.0",
     "device": "auto", "torch_threads": "0", "log_level": "info", "engine": "auto", "vllm_scoring": "processor",
     "vllm_driver": "core", "vllm_dtype": "float32", "vllm_max_model_len": "1024", "vllm_kv_cache_gib": "1.0",

@@ -42,12 +42,16 @@ REQUEST_NAMES: dict[Outcome, str] = {
 }
 
 
-def classify(status: int, body: Any, beam_width: int, top_k: int) -> tuple[Outcome, str | None]:
-    """The outcome of one answered (``status`` > 0) or unanswered (``status`` 0) request."""
+def classify(status: int, body: Any, beam_width: int, top_k: int,
+             retry_after: bool = True) -> tuple[Outcome, str | None]:
+    """The outcome of one answered (``status`` > 0) or unanswered (``status`` 0) request; a 503 without a
+    ``Retry-After`` header (``retry_after`` False) breaks the contract and is an ``ERROR``."""
     if status == 200:
         problem = response_problem(body, beam_width, top_k)
         return (Outcome.OK, None) if problem is None else (Outcome.INVALID, f"invalid response: {problem}")
     if status == 503:
+        if not retry_after:
+            return Outcome.ERROR, "503 without Retry-After"
         return Outcome.SHED, "503 shed (queue full, draining or not ready)"
     if status == 504:
         return Outcome.TIMED_OUT, "504 timed out (deadline passed in the server)"

@@ -145,18 +145,19 @@ class RetrieveUser(User):
         body = STATE.mix.body(self.rng)
         self.last_start = time.monotonic()
         t0 = time.perf_counter()
-        status, length, payload = 0, 0, None
+        status, length, payload, retry_after = 0, 0, None, False
         try:
             resp = self.session.post(f"{self.host}/retrieve", json=body, timeout=STATE.timeout_s)
             response_ms = (time.perf_counter() - t0) * 1000.0
             status, length = resp.status_code, len(resp.content)
+            retry_after = "retry-after" in resp.headers
             try:
                 payload = resp.json()
             except ValueError:
                 payload = None
         except requests.RequestException:
             response_ms = (time.perf_counter() - t0) * 1000.0
-        outcome, message = classify(status, payload, body["beam_width"], body["top_k"])
+        outcome, message = classify(status, payload, body["beam_width"], body["top_k"], retry_after)
         STATE.log.record(outcome, response_ms)
         if outcome is Outcome.OK:
             STATE.engines[str(payload.get("engine")) if isinstance(payload, dict) else "?"] += 1

@@ -46,7 +46,7 @@ from server.disconnect import ClientGone, cancel_on_disconnect
 from server.engine_factory import EngineFactory, default_engine_factory
 from server.errors import CLIENT_CLOSED_STATUS, ERROR_RESPONSES, ApiError, install_error_handlers
 from server.metrics import CONTENT_TYPE, ServerMetrics
-from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, ShedMiddleware
 from server.responses import build_response
 from server.settings import ServerSettings, load_settings
 from server.state import ServingState, get_settings, get_state
@@ -154,7 +154,10 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        on_reject=lambda: metrics.rejections.labels(reason="body_too_large").inc())
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(ShedMiddleware, retry_after_s=settings.retry_after_s,
+                       shed_reason=lambda: state.batcher.shed_reason() if state.batcher is not None else None,
+                       on_reject=lambda: metrics.rejections.labels(reason="queue_wait").inc())
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: it also counts the shed 503s
 
     @app.post("/retrieve", response_model=schemas.RetrieveResponse, responses=ERROR_RESPONSES,
               dependencies=api_key_dependencies(settings, metrics),

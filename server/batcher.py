@@ -75,7 +75,7 @@ class BatcherConfig:
     max_queue_rows: int = 8192
     stall_s: float = 60.0  # a batch running longer than this marks the engine dead (hung) until it returns
     probe_interval_s: float = 5.0  # while dead and idle, retry the probe request this often
-    max_queue_wait_s: float = 1.0  # shed a request whose estimated wait + service exceeds this (measured rate)
+    max_queue_wait_s: float = 0.5  # shed a request whose estimated wait + service exceeds this (measured rate)
     service_ewma: float = 0.2  # weight of the newest batch in the seconds-per-row moving average
 
     def __post_init__(self) -> None:
@@ -215,6 +215,14 @@ class MicroBatcher:
         if self._seconds_per_row is None:
             return None
         return (self._inflight_rows + self._queued_rows + rows) * self._seconds_per_row
+
+    def shed_reason(self) -> str | None:
+        """A message while even one more beam row would wait longer than ``max_queue_wait_s``, else ``None`` (the
+        cheap early check, made before a request's body is read)."""
+        wait = self.estimated_wait(1)
+        if wait is not None and wait > self.cfg.max_queue_wait_s:
+            return f"server busy: estimated wait {wait:.2f} s exceeds {self.cfg.max_queue_wait_s:.2f} s"
+        return None
 
     def check_wait(self, rows: int, deadline: float) -> None:
         """Raise :class:`QueueFull` (``queue_wait``) when ``rows`` more beam rows would not be served within

@@ -5,6 +5,10 @@ Contract:
   (code ``body_too_large``) and ``Connection: close``. A too-large ``Content-Length`` is refused before anything is
   read; otherwise the streamed bytes are counted as they arrive, reading stops at the limit, and whatever the app
   would have answered is replaced by the 413. ``on_reject`` is called once per refusal (the rejection metric).
+- :class:`ShedMiddleware`: while ``shed_reason()`` says the server is overloaded (the batcher's estimated wait for
+  even one more beam row exceeds its bound), ``POST /retrieve`` answers 503 + ``Retry-After`` (code ``queue_wait``)
+  before its body is read or parsed: under overload a refusal must cost next to nothing, or refusals eat the
+  capacity that serves the accepted requests. ``on_reject`` is called once per refusal.
 - :class:`RequestMetricsMiddleware`: every answer of one path (``/retrieve``) is counted by status and its duration
   observed by outcome (ok, invalid, rejected, timeout, cancelled, error); a request cancelled because its client
   went away counts as status 499 (``CLIENT_CLOSED_STATUS``), which no client ever sees.
@@ -84,6 +88,31 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, guarded_send)
         if exceeded and not started:
             await self._refuse(send)
+
+
+class ShedMiddleware:
+    """503 at once, body unread, while ``shed_reason()`` returns a message (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, shed_reason: Callable[[], str | None], retry_after_s: int,
+                 on_reject: Callable[[], None] | None = None, path: str = "/retrieve") -> None:
+        self.app = app
+        self.shed_reason = shed_reason
+        self.retry_after = str(retry_after_s)
+        self.on_reject = on_reject
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
+            reason = self.shed_reason()
+            if reason is not None:
+                if self.on_reject is not None:
+                    self.on_reject()
+                body = JSONResponse(error_body(reason, "overloaded_error", None, "queue_wait"), status_code=503,
+                                    headers={"Retry-After": self.retry_after})
+                await send({"type": "http.response.start", "status": 503, "headers": body.raw_headers})
+                await send({"type": "http.response.body", "body": body.body})
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

@@ -43,7 +43,7 @@ class ServerSettings(BaseSettings):
     max_queue_requests: int = Field(64, ge=1, le=100000, description="Queued requests before 503.")
     max_queue_rows: int = Field(8192, ge=1, le=10_000_000, description="Queued beam rows before 503.")
     max_queue_wait_s: float = Field(
-        1.0, ge=0.01, le=600.0, description="Shed (503) a request whose estimated queue wait plus service, from the "
+        0.5, ge=0.01, le=600.0, description="Shed (503) a request whose estimated queue wait plus service, from the "
         "measured service rate, exceeds this (or its deadline).")
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="Per-request deadline (504 past it).")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest request body (413 above).")

@@ -99,6 +99,7 @@ def test_outcome_log_counts_failures_and_times_only_successes() -> None:
 def test_classify_names_shed_and_timed_out_apart_from_successes() -> None:
     assert classify(200, _body(), 128, 10) == (Outcome.OK, None)
     assert classify(503, {"error": {}}, 128, 10)[0] is Outcome.SHED
+    assert classify(503, {"error": {}}, 128, 10, retry_after=False) == (Outcome.ERROR, "503 without Retry-After")
     assert classify(504, None, 128, 10)[0] is Outcome.TIMED_OUT
     assert classify(500, None, 128, 10) == (Outcome.ERROR, "HTTP 500")
     assert classify(0, None, 128, 10)[0] is Outcome.ERROR
