@@ -1,11 +1,12 @@
 """What became of each request, and the numbers the gates read: exact percentiles, failure ratio, goodput.
 
 Contract:
-- :func:`classify(status, body, beam_width, top_k)` → ``(Outcome, message)``: 200 with a valid body (per
-  :func:`loadtest.validate.response_problem`) is ``OK``; 200 with an invalid body ``INVALID``; 503 ``SHED``
-  (queue full, draining or not ready); 504 ``TIMED_OUT`` (the server's deadline passed); anything else, or no
-  answer (``status`` 0), ``ERROR``. Only ``OK`` is a success; the message is ``None`` for ``OK`` and short and
-  stable otherwise (Locust groups failures by it). :data:`REQUEST_NAMES` gives the Locust request name of each
+- :func:`classify(status, body, beam_width, top_k, retry_after)` → ``(Outcome, message)``: 200 with a valid body
+  (per :func:`loadtest.validate.response_problem`) is ``OK``; 200 with an invalid body ``INVALID``; 503 ``SHED``
+  (queue full, draining or not ready; a 503 without ``Retry-After`` breaks the contract and is an ``ERROR``);
+  504 ``TIMED_OUT`` (the server's deadline passed); anything else, or no answer (``status`` 0), ``ERROR``.
+  Only ``OK`` is a success; the message is ``None`` for ``OK`` and short and stable otherwise (Locust groups
+  failures by it). :data:`REQUEST_NAMES` gives the Locust request name of each
   outcome, so shed and timed-out requests get their own rows in Locust's report.
 - :class:`OutcomeLog` accumulates ``(outcome, response_ms)`` from a start time; :meth:`OutcomeLog.achieved`
   returns :class:`Achieved` over ``[start, now]``: counts per outcome, exact p50/p99 of the successful responses'
