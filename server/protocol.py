@@ -25,7 +25,7 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -160,15 +160,20 @@ def limits_of(config: uvicorn.Config) -> ReadLimits:
     return config.read_limits if isinstance(config, GuardedConfig) else ReadLimits()
 
 
-class GuardedH11Protocol(H11Protocol):
-    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+class _Guarded(asyncio.Protocol):
+    """The read guard around a uvicorn HTTP protocol; mixed in before the protocol class (whose methods ``super()``
+    reaches), so both protocols share one body."""
+
+    cycle: Any
+    loop: asyncio.AbstractEventLoop
+    guard: ReadGuard
+
+    def _start_guard(self, config: uvicorn.Config) -> None:
         self.guard = ReadGuard(limits_of(config), self.loop, lambda: self.cycle)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.guard.connection_made(transport)
+        self.guard.connection_made(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         before = self.cycle
@@ -181,25 +186,18 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-class GuardedHttpToolsProtocol(_HttpToolsBase):
+class GuardedH11Protocol(_Guarded, H11Protocol):
     def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.guard = ReadGuard(limits_of(config), self.loop, lambda: self.cycle)
+        H11Protocol.__init__(self, config, server_state, app_state, _loop)
+        self._start_guard(config)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
-        super().connection_made(transport)
-        self.guard.connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        before = self.cycle
-        self.guard.before_data(len(data))
-        super().data_received(data)
-        self.guard.after_data(before)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.connection_lost()
-        super().connection_lost(exc)
+class GuardedHttpToolsProtocol(_Guarded, _HttpToolsBase):
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        _HttpToolsBase.__init__(self, config, server_state, app_state, _loop)
+        self._start_guard(config)
 
 
 class GuardedConfig(uvicorn.Config):
