@@ -41,7 +41,8 @@ from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import encode_request_prompt
 from server import schemas
 from server.auth import api_key_dependencies
-from server.batcher import BatcherClosed, BatcherConfig, DeadlineExceeded, MicroBatcher, QueueFull
+from server.batch_jobs import BatcherClosed, BatcherConfig, DeadlineExceeded, QueueFull
+from server.batcher import MicroBatcher
 from server.disconnect import ClientGone, cancel_on_disconnect
 from server.engine_factory import EngineFactory, default_engine_factory
 from server.errors import CLIENT_CLOSED_STATUS, ERROR_RESPONSES, ApiError, install_error_handlers

@@ -18,7 +18,7 @@ import time
 from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import EncodedPrompt
 from server import schemas
-from server.batcher import BatchOutcome
+from server.batch_jobs import BatchOutcome
 from server.state import ServingState
 
 

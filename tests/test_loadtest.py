@@ -268,7 +268,8 @@ def test_sweep_without_capacity_and_step_limit() -> None:
 
 
 def test_runner_pieces_without_locust(tmp_path: Path) -> None:
-    from loadtest.runner import CpuSampler, LoadTestRun, ServerLaunch, locust_command, parse_cpus, server_metrics_delta
+    from loadtest.measure import CpuSampler, server_metrics_delta
+    from loadtest.runner import LoadTestRun, ServerLaunch, locust_command, parse_cpus
 
     assert parse_cpus("0,2-3") == (0, 2, 3) and parse_cpus("") is None
     mix = RequestMix(requests=(MixRequest("q"),)).save(tmp_path / "mix.json")

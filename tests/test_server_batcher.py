@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import pytest
 
 from decoding.engine import RetrievalRequest, RetrievalResult
-from server.batcher import BatcherClosed, BatcherConfig, DeadlineExceeded, MicroBatcher, QueueFull
+from server.batch_jobs import BatcherClosed, BatcherConfig, DeadlineExceeded, QueueFull
+from server.batcher import MicroBatcher
 from server.metrics import ServerMetrics
 
 T = TypeVar("T")
