@@ -19,6 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
+from sid_index.tokens import NUM_LEVELS
+
 MAX_BEAM_WIDTH = 128
 
 
@@ -73,3 +77,16 @@ class RetrievalEngine(Protocol):
     name: str
 
     def retrieve_batch(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]: ...
+
+
+def check_prompt_ids(requests: Sequence[RetrievalRequest], vocab_size: int, max_len: int | None = None) -> None:
+    """Raise ``ValueError`` naming ``requests[i].prompt_ids`` when a token id is outside ``[0, vocab_size)`` or the
+    prompt plus a 3-token SID would exceed ``max_len`` (when given); every engine checks its input with it."""
+    for i, req in enumerate(requests):
+        ids = np.asarray(req.prompt_ids, dtype=np.int64)
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        if bad.size:
+            raise ValueError(f"requests[{i}].prompt_ids must be token ids in [0, {vocab_size}), given {int(bad[0])}")
+        if max_len is not None and len(ids) + NUM_LEVELS > max_len:
+            raise ValueError(f"requests[{i}].prompt_ids must hold at most {max_len - NUM_LEVELS} tokens "
+                             f"(max_model_len {max_len}), given {len(ids)}")

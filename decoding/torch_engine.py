@@ -25,11 +25,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from decoding.beam_search import BeamOutput, TrieTensors, beam_search
-from decoding.engine import ItemHit, RetrievalRequest, RetrievalResult, SidHit
+from decoding.engine import ItemHit, RetrievalRequest, RetrievalResult, SidHit, check_prompt_ids
 from decoding.hits import IndexForDecoding, hits_from_beams
 from decoding.sid_vocab import SidVocab
 
@@ -80,12 +79,7 @@ class TorchBeamEngine:
         self._trie = TrieTensors.from_tables(tables, self._device)
 
     def retrieve_batch(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]:
-        for i, req in enumerate(requests):
-            ids = np.asarray(req.prompt_ids, dtype=np.int64)
-            bad = ids[(ids < 0) | (ids >= self._input_size)]
-            if bad.size:
-                raise ValueError(f"requests[{i}].prompt_ids must be token ids in [0, {self._input_size}), "
-                                 f"given {int(bad[0])}")
+        check_prompt_ids(requests, self._input_size)
         results: list[RetrievalResult | None] = [None] * len(requests)
         for chunk in self._chunks(requests):
             sub = [requests[i] for i in chunk]

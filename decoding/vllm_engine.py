@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
-from decoding.engine import RetrievalRequest, RetrievalResult
+from decoding.engine import RetrievalRequest, RetrievalResult, check_prompt_ids
 from decoding.hits import IndexForDecoding, hits_from_beams
 from decoding.sid_trie import TrieLevels, masked_log_softmax, trie_of_index
 from decoding.sid_vocab import SidVocab
@@ -203,15 +203,7 @@ class VllmBeamEngine:
         return got
 
     def retrieve_batch(self, requests: Sequence[RetrievalRequest]) -> list[RetrievalResult]:
-        for i, req in enumerate(requests):
-            ids = np.asarray(req.prompt_ids, dtype=np.int64)
-            bad = ids[(ids < 0) | (ids >= self._vocab_size)]
-            if bad.size:
-                raise ValueError(f"requests[{i}].prompt_ids must be token ids in [0, {self._vocab_size}), "
-                                 f"given {int(bad[0])}")
-            if len(ids) + NUM_LEVELS > self.max_model_len:
-                raise ValueError(f"requests[{i}].prompt_ids must hold at most {self.max_model_len - NUM_LEVELS} "
-                                 f"tokens (max_model_len {self.max_model_len}), given {len(ids)}")
+        check_prompt_ids(requests, self._vocab_size, self.max_model_len)
         if not requests:
             return []
         widths = np.asarray([r.beam_width for r in requests], dtype=np.int64)
