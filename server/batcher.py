@@ -7,7 +7,8 @@ Contract (docs/serving.md "Serving behaviour"):
    It also bounds the *wait*: from the measured service rate (an exponential moving average of engine seconds
    per beam row over recent batches, :meth:`MicroBatcher.estimated_wait`), a request is admitted only if the rows
    ahead of it (queued + running) plus its own would be served within ``max_queue_wait_s`` and before its
-   deadline; otherwise it is shed at once (reason ``queue_wait``) instead of waiting to time out. Until the first
+   deadline; otherwise it is shed at once (reason ``queue_wait``) instead of waiting to time out. With nothing
+   ahead only the deadline binds (an idle server serves a request however long its own service). Until the first
    batch has run there is no estimate and only the length bounds apply.
 2. The dispatcher takes the queue's head and waits at most ``max_wait_s`` after that *first* request was queued
    (Ray Serve semantics) for more, or less if the batch fills first; when the engine was busy the head has usually
@@ -155,11 +156,15 @@ class MicroBatcher:
         return None
 
     def check_wait(self, rows: int, deadline: float) -> None:
-        """Raise :class:`QueueFull` (``queue_wait``) when ``rows`` more beam rows would not be served within
-        ``max_queue_wait_s`` or before ``deadline`` (``time.monotonic()`` seconds) at the measured rate."""
+        """Raise :class:`QueueFull` (``queue_wait``) when ``rows`` more beam rows would not be served before
+        ``deadline`` (``time.monotonic()`` seconds) at the measured rate, or, while anything is queued or running,
+        within ``max_queue_wait_s``. An idle server never sheds for ``max_queue_wait_s``: a request whose own
+        service alone takes longer (a big beam on a slow machine) would otherwise never be served."""
         wait = self.estimated_wait(rows)
         if wait is not None:
-            budget = min(self.cfg.max_queue_wait_s, deadline - time.monotonic())
+            budget = deadline - time.monotonic()
+            if self._inflight_rows + self._queued_rows > 0:  # alone, a big request is served (only its deadline binds)
+                budget = min(budget, self.cfg.max_queue_wait_s)
             if wait > budget:
                 raise QueueFull("queue_wait", f"server busy: estimated wait {wait:.2f} s exceeds {budget:.2f} s")
 

@@ -234,6 +234,29 @@ def test_a_deadline_shorter_than_the_estimated_wait_is_shed_at_once() -> None:
     assert run(main()) == "queue_wait"
 
 
+def test_an_idle_server_serves_a_request_longer_than_the_wait_bound() -> None:
+    """With nothing queued or running, a request whose own service (~0.64 s) exceeds ``max_queue_wait_s`` (0.3 s)
+    is admitted and served (only its deadline binds); the same request behind another is shed."""
+
+    async def main() -> tuple[int, str]:
+        b = MicroBatcher(SlowPerRow(0.01), BatcherConfig(max_wait_s=0.0, max_queue_wait_s=0.3, service_ewma=1.0))
+        await b.start()
+        await b.retrieve(req(0, beam=4), far())  # measures 10 ms per row
+        first = b.admit(req(1, beam=64), far())  # idle: admitted although 64 rows ≈ 0.64 s > 0.3 s
+        try:
+            b.admit(req(2, beam=64), far())
+            second = "admitted"
+        except QueueFull as exc:
+            second = exc.reason
+        out = await b.wait(first)
+        await b.stop()
+        return out.batch_rows, second
+
+    served_rows, second = run(main())
+    assert served_rows == 64
+    assert second == "queue_wait"
+
+
 def test_wait_bound_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="max_queue_wait_s"):
         BatcherConfig(max_queue_wait_s=0.0)
