@@ -23,7 +23,8 @@ _DEFAULTS: dict[str, str] = {  # shown in --help; ServerSettings holds the real 
     "host": "127.0.0.1", "port": "8000", "max_wait_ms": "5.0", "max_batch_requests": "16", "max_batch_rows": "1024",
     "max_queue_requests": "64", "max_queue_rows": "8192", "max_queue_wait_s": "0.5", "request_timeout_s": "10.0",
     "drain_grace_s": "10.0",
-    "device": "auto", "torch_threads": "0", "log_level": "info", "engine": "auto", "vllm_scoring": "processor",
+    "device": "auto", "torch_threads": "0", "log_level": "info", "engine": "auto", "engine_process": "False",
+    "vllm_scoring": "processor",
     "vllm_driver": "core", "vllm_dtype": "float32", "vllm_max_model_len": "1024", "vllm_kv_cache_gib": "1.0",
 }
 
@@ -52,6 +53,10 @@ def serve_command(
     torch_threads: int | None = _opt("torch_threads", "torch threads of the engine (0 = default)."),
     log_level: str | None = _opt("log_level", "uvicorn log level."),
     engine: str | None = _opt("engine", "auto (vLLM where installed, else PyTorch), torch or vllm."),
+    engine_process: bool | None = typer.Option(
+        None, "--engine-process/--engine-in-process", show_default=False,
+        help="Run the PyTorch engine in its own process, so that its Python never delays the server's answers "
+             "(default False; env RADGR_ENGINE_PROCESS)."),
     vllm_scoring: str | None = _opt("vllm_scoring", "vLLM child scoring: processor (trie logits processor) or "
                                                     "token_ids."),
     vllm_driver: str | None = _opt("vllm_driver", "core (vLLM's engine core directly) or llm (public LLM.generate)."),
@@ -71,8 +76,9 @@ def serve_command(
         "max_batch_rows": max_batch_rows, "max_queue_requests": max_queue_requests, "max_queue_rows": max_queue_rows,
         "max_queue_wait_s": max_queue_wait_s, "request_timeout_s": request_timeout_s, "drain_grace_s": drain_grace_s,
         "device": device,
-        "torch_threads": torch_threads, "log_level": log_level, "engine": engine, "vllm_scoring": vllm_scoring,
-        "vllm_driver": vllm_driver, "vllm_dtype": vllm_dtype, "vllm_max_model_len": vllm_max_model_len,
+        "torch_threads": torch_threads, "log_level": log_level, "engine": engine, "engine_process": engine_process,
+        "vllm_scoring": vllm_scoring, "vllm_driver": vllm_driver, "vllm_dtype": vllm_dtype,
+        "vllm_max_model_len": vllm_max_model_len,
         "vllm_kv_cache_gib": vllm_kv_cache_gib}
     given = {name: value for name, value in options.items() if value is not None}
     try:  # options given outrank RADGR_* variables, which outrank the defaults

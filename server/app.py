@@ -36,7 +36,7 @@ from fastapi.responses import Response
 
 from decoding.bundle import load_bundle
 from decoding.engine import RetrievalRequest
-from decoding.engine_factory import needs_hf_model
+from decoding.engine_process import ProcessEngine
 from decoding.prompt import PROMPT_VERSION
 from decoding.request_prompt import encode_request_prompt
 from server import schemas
@@ -44,7 +44,7 @@ from server.auth import api_key_dependencies
 from server.batch_jobs import BatcherClosed, BatcherConfig, DeadlineExceeded, QueueFull
 from server.batcher import MicroBatcher
 from server.disconnect import ClientGone, cancel_on_disconnect
-from server.engine_factory import EngineFactory, default_engine_factory
+from server.engine_factory import EngineFactory, default_engine_factory, server_needs_hf_model
 from server.errors import CLIENT_CLOSED_STATUS, ERROR_RESPONSES, ApiError, install_error_handlers
 from server.metrics import CONTENT_TYPE, ServerMetrics
 from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, ShedMiddleware
@@ -121,7 +121,8 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         t0 = time.monotonic()
-        bundle = await asyncio.to_thread(load_bundle, settings.bundle, with_model=needs_hf_model(settings.engine))
+        bundle = await asyncio.to_thread(load_bundle, settings.bundle,
+                                         with_model=server_needs_hf_model(settings))
         # the engine is built on the thread that will run every batch (vLLM binds its threads to its creator)
         engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radgr-engine")
         try:
@@ -148,6 +149,8 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
         finally:
             state.ready = False
             await batcher.stop()
+            if isinstance(engine, ProcessEngine) and not batcher.engine_busy:  # vLLM's ends with the process
+                await asyncio.to_thread(engine.close)
 
     app = FastAPI(title="radgr", version=VERSION, lifespan=lifespan,
                   summary="Generative retrieval: a query in its user context → ranked Semantic IDs and items.")

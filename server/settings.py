@@ -73,6 +73,9 @@ class ServerSettings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the engine (0 = leave).")
     log_level: str = Field("info", description="uvicorn log level.")
 
+    engine_process: bool = Field(
+        False, description="Run the PyTorch engine in its own process (its Python then never holds the server's "
+                           "GIL: cheap answers stay fast under overload); the vLLM engine has its own already.")
     engine: Literal["auto", "torch", "vllm"] = Field(
         "auto", description="Engine: auto (vLLM where installed, else PyTorch), torch or vllm.")
     vllm_dtype: Literal["float32", "bfloat16", "float16"] = Field(
