@@ -1,11 +1,14 @@
 """``radgr index ...`` — build Semantic-ID indexes and convert the Amazon catalog.
 
 - ``radgr index build --catalog PATH --out DIR [--codebooks 256,256,256] [--seed 0] [--embeddings PATH]
-  [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH] [--balanced]``:
+  [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH] [--balanced]
+  [--unique-sids]``:
   embeds the catalog (or reads precomputed embeddings), runs residual k-means, writes the index directory with
   ``stats.json`` (and ``stats.png``: code frequency per level, items-per-SID histogram) inside and prints the
   statistics table. Exit code 0 on success, 2 on bad input (the message names the field).
 - ``radgr index convert-amazon --items items.json --out catalog.parquet [--popularity-csv valid.csv ...]``.
+- ``radgr index from-sids --catalog PATH --sids reference_sids.json --out DIR [--codebooks 256,256,256]``: an index
+  from SIDs made elsewhere (MiniOneRec's ``<a_x><b_y><c_z>`` JSON), with the same ``stats.json``.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def build_command(
     save_embeddings: Path | None = typer.Option(None, "--save-embeddings", help="Also write the embeddings (.npy)."),
     balanced: bool = typer.Option(False, "--balanced", help="Opt-in: balanced k-means per level (more codes used, "
                                   "fewer collisions) instead of the paper's plain residual k-means."),
+    unique_sids: bool = typer.Option(False, "--unique-sids", help="Opt-in: move items that share a SID to the "
+                                     "nearest free codes (same prefix where possible), so every SID is one item."),
 ) -> int:
     """Build a SID index from a catalog; writes the index directory and its stats.json."""
     from sid_index.atomic_files import write_bytes_atomic
@@ -95,7 +100,7 @@ def build_command(
 
     try:
         cfg = IndexConfig(RQKMeansConfig(codebook_sizes=_parse_codebooks(codebooks), seed=seed,
-                                         kmeans_iters=kmeans_iters, balanced=balanced))
+                                         kmeans_iters=kmeans_iters, balanced=balanced), unique_sids=unique_sids)
         t0 = time.perf_counter()
         cat = read_catalog(catalog)
         console.print(f"catalog: {cat.num_items:,} items from {catalog}")
@@ -113,6 +118,8 @@ def build_command(
         t_emb = time.perf_counter() - t0
         index = build_index(cat, emb, cfg, provenance={"catalog": str(catalog), **source})
         stats = index_stats(index)
+        if "collisions" in index.config:
+            stats["collisions"] = index.config["collisions"]
         stats["seconds"] = {"embed": round(t_emb, 3), "total": round(time.perf_counter() - t0, 3)}
         index.save(out, extra_json={"stats.json": stats})
         write_stats_png(index, out / "stats.png")
@@ -141,4 +148,30 @@ def convert_amazon_command(
     except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
         return _fail(exc)
     console.print(f"wrote {cat.num_items:,} items to {out}")
+    return 0
+
+
+@app.command("from-sids")
+def from_sids_command(
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file: .parquet, .jsonl or .csv."),
+    sids: Path = typer.Option(..., "--sids", help="JSON {item_id: [\"<a_x>\", \"<b_y>\", \"<c_z>\"]}, e.g. "
+                              "MiniOneRec's reference_sids.json."),
+    out: Path = typer.Option(..., "--out", help="Index directory to write (replaced atomically)."),
+    codebooks: str = typer.Option("256,256,256", "--codebooks", help="Codebook size per level."),
+) -> int:
+    """Index a catalog by SIDs made elsewhere (for comparing radgr's SIDs with a reference)."""
+    from sid_index.build import index_stats
+    from sid_index.catalog import read_catalog
+    from sid_index.reference_sids import reference_index
+    from sid_index.stats_plot import write_stats_png
+
+    try:
+        index = reference_index(read_catalog(catalog), sids, _parse_codebooks(codebooks))
+        stats = index_stats(index)
+        index.save(out, extra_json={"stats.json": stats})
+        write_stats_png(index, out / "stats.png")
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
+    console.print(stats_table(stats))
+    console.print(f"index written to {out}; stats in {out / 'stats.json'}")
     return 0

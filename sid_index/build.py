@@ -4,7 +4,9 @@ Contract:
 
 - :class:`IndexConfig` (frozen, validated) holds every build setting: ``rq``, the residual k-means settings
   (:class:`~sid_index.rqkmeans.RQKMeansConfig`; ``balanced`` is an opt-in variant: balanced k-means per level; the
-  default is the paper's plain residual k-means). ``build_index(catalog, embeddings, cfg)``
+  default is the paper's plain residual k-means) and ``unique_sids`` (opt-in: items that share all 3 codes are moved
+  to the nearest free codes, :mod:`sid_index.collisions`; the report is recorded as ``config["collisions"]``).
+  ``build_index(catalog, embeddings, cfg)``
   trains the residual codebooks on a sample, assigns all items in batches, groups identical codes into SIDs
   (popularity order within a SID) and records the config in the index manifest. Deterministic for a fixed seed.
 - :func:`index_stats` returns a JSON-ready dict: ``items``, ``unique_sids``, ``collision_rate`` (= 1 − SIDs/items),
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sid_index.catalog import Catalog
+from sid_index.collisions import resolve_collisions
 from sid_index.embeddings import check_finite
 from sid_index.index import SidIndex
 from sid_index.rqkmeans import RQKMeansConfig, assign_codes, train_codebooks
@@ -37,6 +40,7 @@ class IndexConfig:
     """How to turn embeddings into SIDs: the residual k-means settings (validated by :class:`RQKMeansConfig`)."""
 
     rq: RQKMeansConfig = field(default_factory=RQKMeansConfig)
+    unique_sids: bool = False  # opt-in collision resolution (sid_index.collisions); the paper lets items share
 
     def __post_init__(self) -> None:
         if not isinstance(self.rq, RQKMeansConfig):
@@ -50,6 +54,7 @@ class IndexConfig:
         """The build config as recorded in the index manifest (``config["index"]``: the k-means fields, flat)."""
         d = asdict(self.rq)
         d["codebook_sizes"] = list(self.rq.codebook_sizes)
+        d["unique_sids"] = self.unique_sids
         return d
 
 
@@ -65,6 +70,9 @@ def build_index(catalog: Catalog, embeddings: np.ndarray, cfg: IndexConfig,
     codebooks = train_codebooks(embeddings, cfg.rq)
     codes = assign_codes(embeddings, codebooks, batch_size=cfg.rq.assign_batch_size)
     config = {"index": cfg.to_dict(), "embedding_dim": int(embeddings.shape[1]), **(provenance or {})}
+    if cfg.unique_sids:
+        codes, report = resolve_collisions(embeddings, codes, codebooks)
+        config["collisions"] = report.to_dict()
     return SidIndex.from_codes(catalog.item_ids, codes, catalog.popularity, catalog.categories,
                                cfg.codebook_sizes, config=config)
 
