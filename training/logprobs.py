@@ -3,7 +3,9 @@
 Contract:
 - ``target_log_probs(logits [..., V], targets [...])`` = ``log_softmax(logits)[target]`` over the full vocabulary,
   computed in at least float32 (``at_least_fp32``: half-precision logits are upcast, float32/float64 kept), so a
-  bf16 model's losses are not computed in bf16.
+  bf16 model's losses are not computed in bf16. It is computed as ``logits[target] − logsumexp(logits)``: only
+  one value per row is needed, so the full ``[..., V]`` log-softmax is never materialised (a test checks it
+  against ``log_softmax(...).gather(...)``, values and gradients).
 - Pure functions; gradients flow through ``logits``.
 """
 
@@ -22,5 +24,5 @@ def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {list(logits.shape)} and targets {list(targets.shape)} disagree on the leading "
                          f"dimensions")
-    logp = torch.log_softmax(at_least_fp32(logits), dim=-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    wide = at_least_fp32(logits)
+    return wide.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(wide, dim=-1)

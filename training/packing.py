@@ -87,48 +87,57 @@ def pack_sessions(
     pad_id: int,
     dtype: torch.dtype = torch.float32,
 ) -> PackedBatch:
-    """Lay out a batch of sessions as packed, left-padded rows (see the module docstring)."""
+    """Lay out a batch of sessions as packed, left-padded rows (see the module docstring).
+
+    Vectorised: the token ids go through one ``torch.tensor`` call and the mask and positions are built from
+    broadcast comparisons of column indices, no per-candidate Python loop (``tests/test_packing_layout.py`` checks
+    it against a straightforward loop that fills the mask block by block).
+    """
     if len(prompts) != len(candidates):
         raise ValueError(f"prompts and candidates must have the same length, given {len(prompts)}, {len(candidates)}")
     if len(prompts) == 0:
         raise ValueError("need at least 1 session, given 0")
     for b, (p, cs) in enumerate(zip(prompts, candidates, strict=True)):
         _check_session(b, p, cs)
-    bsz = len(prompts)
-    pmax = max(len(p) for p in prompts)
-    cmax = max(len(cs) for cs in candidates)
+    plens = [len(p) for p in prompts]
+    ncands = [len(cs) for cs in candidates]
+    pmax, cmax = max(plens), max(ncands)
     seq_len = pmax + BLOCK_LEN * cmax
 
-    input_ids = torch.full((bsz, seq_len), int(pad_id), dtype=torch.long)
-    position_ids = torch.zeros((bsz, seq_len), dtype=torch.long)
-    allowed = torch.zeros((bsz, seq_len, seq_len), dtype=torch.bool)
-    diag = torch.arange(seq_len)
-    allowed[:, diag, diag] = True  # padding and dummy blocks: themselves only
-    target_ids = torch.zeros((bsz, cmax, CANDIDATE_LEN), dtype=torch.long)
-    valid = torch.zeros((bsz, cmax), dtype=torch.bool)
-    causal3 = torch.tril(torch.ones((BLOCK_LEN, BLOCK_LEN), dtype=torch.bool))
-    for b, (prompt, cands) in enumerate(zip(prompts, candidates, strict=True)):
-        plen = len(prompt)
-        cols = slice(pmax - plen, pmax)
-        input_ids[b, cols] = torch.as_tensor(list(prompt), dtype=torch.long)
-        position_ids[b, cols] = torch.arange(plen)
-        allowed[b, cols, cols] = torch.tril(torch.ones((plen, plen), dtype=torch.bool))
-        for j, cand in enumerate(cands):
-            start = pmax + BLOCK_LEN * j
-            block = slice(start, start + BLOCK_LEN)
-            input_ids[b, block] = torch.as_tensor(list(cand[:BLOCK_LEN]), dtype=torch.long)
-            position_ids[b, block] = torch.arange(plen, plen + BLOCK_LEN)
-            allowed[b, block, cols] = True
-            allowed[b, block, block] = causal3
-            target_ids[b, j] = torch.as_tensor(list(cand), dtype=torch.long)
-            valid[b, j] = True
+    rows, targets = [], []
+    for prompt, cands, plen, n in zip(prompts, candidates, plens, ncands, strict=True):
+        sids = [int(t) for c in cands for t in c[:BLOCK_LEN]]
+        rows.append([pad_id] * (pmax - plen) + [int(t) for t in prompt] + sids + [pad_id] * (BLOCK_LEN * (cmax - n)))
+        targets.append([[int(t) for t in c] for c in cands] + [[0] * CANDIDATE_LEN] * (cmax - n))
+    input_ids = torch.tensor(rows, dtype=torch.long)
+    target_ids = torch.tensor(targets, dtype=torch.long)
+    plen_t = torch.tensor(plens, dtype=torch.long)[:, None]  # [B, 1]
+    ncand_t = torch.tensor(ncands, dtype=torch.long)[:, None]
+    valid = torch.arange(cmax)[None, :] < ncand_t  # [B, Cmax]
+
+    col = torch.arange(seq_len)
+    in_cand = col >= pmax
+    block = torch.where(in_cand, (col - pmax) // BLOCK_LEN, -1)  # [L]: candidate block of a column, -1 = prompt part
+    offset = torch.where(in_cand, (col - pmax) % BLOCK_LEN, 0)
+    is_prompt = (~in_cand)[None, :] & (col[None, :] >= pmax - plen_t)  # [B, L]: real prompt tokens
+    is_cand = in_cand[None, :] & (block[None, :] < ncand_t)  # [B, L]: tokens of real candidates
+    # prompt counts from 0, every block continues from the prompt's length; padding and dummy blocks stay 0
+    position_ids = torch.where(is_prompt, col[None, :] - (pmax - plen_t), 0)
+    position_ids = torch.where(is_cand, plen_t + offset[None, :], position_ids)
+
+    causal = col[None, :] <= col[:, None]  # [L(q), L(k)]
+    same_block = (block[:, None] == block[None, :]) & in_cand[:, None]
+    sees_prompt = is_prompt[:, None, :]  # [B, 1, L(k)]
+    allowed = (is_prompt[:, :, None] & sees_prompt & causal) \
+        | (is_cand[:, :, None] & (sees_prompt | (same_block & causal))) \
+        | torch.eye(seq_len, dtype=torch.bool)  # padding and dummy blocks: themselves only
 
     # the same columns in every row: the last prompt column, then each block's 3 columns
     starts = pmax + BLOCK_LEN * torch.arange(cmax)[:, None]
     predict = torch.cat([torch.full((cmax, 1), pmax - 1), starts + torch.arange(BLOCK_LEN)], dim=1)
-    predict_pos = predict[None].expand(bsz, cmax, CANDIDATE_LEN).clone()
-    eos_pos = (starts[:, 0] + BLOCK_LEN - 1)[None].expand(bsz, cmax).clone()
-    mask = torch.zeros((bsz, 1, seq_len, seq_len), dtype=dtype)
+    predict_pos = predict[None].expand(len(prompts), cmax, CANDIDATE_LEN).clone()
+    eos_pos = (starts[:, 0] + BLOCK_LEN - 1)[None].expand(len(prompts), cmax).clone()
+    mask = torch.zeros((len(prompts), 1, seq_len, seq_len), dtype=dtype)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     return PackedBatch(input_ids, mask, position_ids, predict_pos, target_ids, eos_pos, valid)
 
