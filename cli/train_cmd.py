@@ -112,7 +112,8 @@ def eval_command(
     engine: str = typer.Option("auto", "--engine", envvar="RADGR_ENGINE",
                                help="auto (vLLM where installed, else PyTorch), torch or vllm."),
 ) -> int:
-    """Offline evaluation: item/SID Recall and MRR, hallucination rate; optional popularity baseline."""
+    """Offline evaluation: item/SID Recall and MRR, hallucination rate, MiniOneRec HR/NDCG@3,5,10; optional
+    popularity baseline."""
     from training.evaluate import EvalConfig, EvalRun, markdown_table, run_eval, write_report
 
     try:
@@ -130,7 +131,11 @@ def eval_command(
     except (ValueError, OSError) as exc:
         return _fail(exc)
     console.print(markdown_table(entries), soft_wrap=True, markup=False, highlight=False)
+    from training.minionerec_eval import minionerec_markdown, write_minionerec_table
+
+    console.print(minionerec_markdown(entries), soft_wrap=True, markup=False, highlight=False)
     if out is not None:
         paths = write_report(entries, out, meta)
-        console.print(f"report: {paths['json']}  table: {paths['markdown']}  chart: {paths['png']}")
+        console.print(f"report: {paths['json']}  table: {paths['markdown']}  chart: {paths['png']}  MiniOneRec "
+                      f"protocol: {write_minionerec_table(entries, out)}")
     return 0

@@ -16,6 +16,8 @@ Contract (the paper's metrics, docs/training.md "Evaluation", averaged over test
   how often the item is a positive in ``train.parquet`` (ties: the index's popularity); the same ranking for
   every session. Two rows: ``popularity`` expands its top ``beam_width`` SIDs to items exactly as a model's beams
   are expanded (the same budget), ``popularity (items, no beam limit)`` ranks all items by their popularity.
+- MiniOneRec's protocol beside them (``minionerec`` block: HR@K and NDCG@K, K = 3, 5, 10, one target item per
+  session; :mod:`training.minionerec_eval`, whose table ``radgr eval`` prints and writes as ``.minionerec.md``).
 - :func:`write_report` writes the JSON (one entry per evaluated method), a markdown table (``.md``) and a bar
   chart (``.png``) next to it, atomically.
 """
@@ -38,6 +40,7 @@ from decoding.items import expand_items
 from decoding.prompt import PROMPT_VERSION, encode_prompt
 from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
 from training.metrics import hallucination_rate, mean_metrics, session_metrics
+from training.minionerec_eval import minionerec_metrics
 from training.prompt_ids import check_prompt_version
 
 logger = logging.getLogger(__name__)
@@ -171,6 +174,7 @@ def evaluate_engine(engine: RetrievalEngine, tokenizer: Any, targets: Sequence[S
         "engine": engine.name,
         "metrics": score_rankings(rankings, targets),
         "truth": score_rankings(rankings, targets, truth=True),
+        "minionerec": minionerec_metrics(rankings, targets),  # HR/NDCG@3,5,10 (training/minionerec_eval.py)
         "hallucination_rate": None,
         "seconds": {"constrained": seconds, "per_request": seconds / max(len(targets), 1)},
     }
@@ -226,6 +230,7 @@ def evaluate_popularity(index: Any, train_samples: Sequence[Any], targets: Seque
         "engine": "popularity" if items_by_sid else "popularity-items",
         "metrics": score_rankings(rankings, targets),
         "truth": score_rankings(rankings, targets, truth=True),
+        "minionerec": minionerec_metrics(rankings, targets),
         "hallucination_rate": 0.0,
         "seconds": {"constrained": time.perf_counter() - t0, "per_request": 0.0},
     }
