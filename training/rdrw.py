@@ -14,21 +14,29 @@ Contract
   while fewer than M pairs have been seen before the batch (warm-up [P]), every weight is 1; afterwards the
   quartiles of the window as it stood before the batch set the weights ([R] order: weigh, then update).
   Quartiles are recomputed after every update ("updated as training goes" [P]), linear interpolation.
+- **The window is global across data-parallel ranks.** ``weigh`` adds the similarities of *every* rank's batch
+  (``gather``, by default ``training.distributed.all_gather_concat``: rank 0's batch first), so every rank holds
+  the same window, the same pair count and the same quartiles, bit for bit, and a pair gets the same weight on
+  whichever rank it lands. Two ranks with batches b0 and b1 hold exactly the state of one process fed b0 then b1
+  as one batch (tested in ``tests/test_distributed.py``). ``weigh`` is therefore a collective under ``torchrun``:
+  every rank calls it once per micro-batch (an empty batch included). ``update`` adds values as given (no gather).
 - ``state_dict()`` / ``from_state_dict()`` round-trip the state exactly (plain numbers and lists: the training
   engine saves it inside every checkpoint's extra state), so a resumed run weighs the next pair as the
-  uninterrupted run would.
-
-In data-parallel training each process keeps its own window of the pairs it sees (a documented simplification).
+  uninterrupted run would. Rank 0's state, which the engine saves, is the global window; on resume every rank
+  loads that one file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from training.distributed import all_gather_concat
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,16 @@ def rdrw_weight(s: torch.Tensor, q1: float, q2: float, q3: float, cfg: RdrwConfi
 
 
 class RdrwState:
-    """Sliding window of the last ``cfg.window`` similarities, pairs seen, and the window's quartiles."""
+    """Sliding window of the last ``cfg.window`` similarities (of all ranks), pairs seen, the window's quartiles.
 
-    def __init__(self, cfg: RdrwConfig) -> None:
+    ``gather`` maps this rank's similarities to those of every rank, concatenated in rank order (the default
+    gathers over ``torch.distributed`` when it is initialised, and is the identity in one process).
+    """
+
+    def __init__(self, cfg: RdrwConfig,
+                 gather: Callable[[torch.Tensor], torch.Tensor] = all_gather_concat) -> None:
         self.cfg = cfg
+        self._gather = gather
         self._window = np.zeros(0, dtype=np.float64)  # oldest first, at most cfg.window long
         self.seen = 0
         self.quartiles: tuple[float, float, float] | None = None
@@ -75,18 +89,18 @@ class RdrwState:
         return self.quartiles is not None and self.seen >= self.cfg.window
 
     def weigh(self, s: torch.Tensor) -> torch.Tensor:
-        """Weights for the similarities ``s`` (any shape, detached), then add ``s`` to the window."""
+        """Weights for the similarities ``s`` (any shape, detached), then add every rank's ``s`` to the window."""
         s = s.detach()
         if self.warm:
             assert self.quartiles is not None
             w = rdrw_weight(s.float(), *self.quartiles, self.cfg)
         else:
             w = torch.ones_like(s, dtype=torch.float32)
-        self.update(s)
+        self.update(self._gather(s))
         return w
 
     def update(self, s: torch.Tensor) -> None:
-        """Add similarities to the window (oldest dropped) and recompute the quartiles once warm."""
+        """Add similarities to the window as given (no gather; oldest dropped); quartiles recomputed once warm."""
         flat = s.detach().double().flatten().cpu().numpy()
         if flat.size == 0:
             return
@@ -105,11 +119,12 @@ class RdrwState:
                 "quartiles": list(self.quartiles) if self.quartiles is not None else None}
 
     @staticmethod
-    def from_state_dict(d: dict[str, Any]) -> RdrwState:
+    def from_state_dict(d: dict[str, Any],
+                        gather: Callable[[torch.Tensor], torch.Tensor] = all_gather_concat) -> RdrwState:
         for key in ("config", "seen", "window", "quartiles"):
             if key not in d:
                 raise ValueError(f"RDRW state is missing field {key!r}")
-        state = RdrwState(RdrwConfig(**d["config"]))
+        state = RdrwState(RdrwConfig(**d["config"]), gather)
         window = np.asarray(d["window"], dtype=np.float64)
         if window.ndim != 1 or window.size > state.cfg.window:
             raise ValueError(f"RDRW state field 'window' must be a list of at most {state.cfg.window} numbers, "

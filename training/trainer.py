@@ -180,8 +180,11 @@ class RadgrTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                                   dataset, seed)
+            # Grouped by the GLOBAL batch of one optimizer step: accelerate hands rank r the micro-batches
+            # r, r + W, ... of this order, so W ranks of B rows train on the rows one process of W x B rows
+            # would, step by step (the data-parallel equivalence of tests/test_distributed.py).
+            global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            return EpochSeededLengthGroupedSampler(global_batch, dataset, seed)
         return super()._get_train_sampler(train_dataset)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
