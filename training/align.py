@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from decoding.prompt import PROMPT_VERSION
 from decoding.sid_vocab import SidVocab
@@ -157,17 +159,26 @@ class AlignTrainer(RadgrTrainer):
             raise ValueError(f"checkpoint RDRW config {restored.cfg} differs from this run's {self.align_cfg.rdrw}")
         self.rdrw = restored
 
-    def _log_prefix_share(self, prefix_len: torch.Tensor, valid: torch.Tensor) -> None:
-        n = valid.sum().clamp(min=1)
-        self.record_metric("pairs/shared_first", float(((prefix_len >= 1) & valid).sum() / n))
-        self.record_metric("pairs/shared_two", float(((prefix_len >= 2) & valid).sum() / n))
+    def _record(self, values: dict[str, torch.Tensor]) -> None:
+        """Record scalar-tensor metrics with one device-to-host copy (no sync per metric); NaN = not observed."""
+        if not values:
+            return
+        numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
+        for name, x in zip(values, numbers, strict=True):
+            if x == x:  # NaN: the metric had nothing to average this step
+                self.record_metric(name, x)
 
-    def _log_margins(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+    @staticmethod
+    def _prefix_share(prefix_len: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = valid.sum().clamp(min=1)
+        return {"pairs/shared_first": ((prefix_len >= 1) & valid).sum() / n,
+                "pairs/shared_two": ((prefix_len >= 2) & valid).sum() / n}
+
+    @staticmethod
+    def _margins(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
         margin = chosen - rejected
-        self.record_metric("rewards/chosen", float(chosen.mean()))
-        self.record_metric("rewards/rejected", float(rejected.mean()))
-        self.record_metric("rewards/margin", float(margin.mean()))
-        self.record_metric("rewards/accuracy", float((margin > 0).float().mean()))
+        return {"rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(), "rewards/margin": margin.mean(),
+                "rewards/accuracy": (margin > 0).float().mean()}
 
     def compute_loss_sum(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         match self.align_cfg.method:
@@ -181,7 +192,7 @@ class AlignTrainer(RadgrTrainer):
         cfg = self.align_cfg
         chosen = packed_forward(model, packed_batch_of(inputs, "c_")).token_logps[:, 0]  # [P, 4]
         rejected = packed_forward(model, packed_batch_of(inputs, "r_")).token_logps[:, 0]
-        self._log_prefix_share(inputs["prefix_len"], torch.ones_like(inputs["prefix_len"], dtype=torch.bool))
+        metrics = self._prefix_share(inputs["prefix_len"], torch.ones_like(inputs["prefix_len"], dtype=torch.bool))
         match cfg.method:
             case "dpo":
                 assert self.ref_model is not None
@@ -194,9 +205,8 @@ class AlignTrainer(RadgrTrainer):
                 out = simpo_loss(chosen, rejected, cfg.simpo)
             case _:
                 out = orpo_loss(chosen, rejected, cfg.orpo)
-                self.record_metric("loss/nll", float(out.nll.mean()))
-                self.record_metric("loss/odds_ratio", float(out.odds_ratio_loss.mean()))
-        self._log_margins(out.chosen_reward, out.rejected_reward)
+                metrics.update({"loss/nll": out.nll.mean(), "loss/odds_ratio": out.odds_ratio_loss.mean()})
+        self._record({**metrics, **self._margins(out.chosen_reward, out.rejected_reward)})
         return out.loss.sum()
 
     def _rad_dpo(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
@@ -216,33 +226,44 @@ class AlignTrainer(RadgrTrainer):
             weights[used] = self.rdrw.weigh(sims[used]).to(weights.device)
         terms = rad_dpo_loss(pos_tok, inputs["pos_valid"], inputs["top_index"], neg_tok, neg_valid, prefix, weights,
                              cfg.rad)
-        self.record_metric("loss/sft", float(terms.sft.mean()))
-        self.record_metric("loss/pref", float(terms.pref.mean()))
-        self._log_prefix_share(prefix, neg_valid)
         u = terms.neg_used
-        self._log_margins(terms.top_reward[:, None].expand_as(u)[u], terms.neg_rewards[u])
-        self.record_metric("rdrw/similarity", float(sims[u].mean()))
+        metrics = {"loss/sft": terms.sft.mean(), "loss/pref": terms.pref.mean(),
+                   **self._prefix_share(prefix, neg_valid),
+                   **self._margins(terms.top_reward[:, None].expand_as(u)[u], terms.neg_rewards[u]),
+                   "rdrw/similarity": sims[u].mean()}
         if self.rdrw is not None:
             self.record_metric("rdrw/warm", float(self.rdrw.warm))
-            self.record_metric("rdrw/mean_weight", float(weights[u].mean()))
+            metrics["rdrw/mean_weight"] = weights[u].mean()
             if self.rdrw.quartiles is not None:
                 for name, q in zip(("q1", "q2", "q3"), self.rdrw.quartiles, strict=True):
                     self.record_metric(f"rdrw/{name}", q)
         rel = inputs["neg_relevant"]
         for name, which in (("pseudo_neg", (rel == 1) & u), ("irrelevant_neg", (rel == 0) & u)):
-            if bool(which.any()):
-                self.record_metric(f"rdrw/weight_{name}", float(weights[which].mean()))
-                self.record_metric(f"rdrw/similarity_{name}", float(sims[which].mean()))
+            metrics[f"rdrw/weight_{name}"] = weights[which].mean()  # NaN (not recorded) when there is none
+            metrics[f"rdrw/similarity_{name}"] = sims[which].mean()
+        self._record(metrics)
         return terms.per_session.sum()
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_align(cfg: AlignConfig) -> Path:
-    """Train from the SFT checkpoint, then write ``RUN_DIR/final``; returns that path."""
+@dataclass
+class AlignRun:
+    """What :func:`prepare_align` built: the trainer (model, reference, collator and dataset inside) and provenance."""
+
+    trainer: AlignTrainer
+    tokenizer: Any
+    examples: list[dict[str, Any]]
+    sft_info: dict[str, Any]
+    codebook_sizes: list[int]
+    started: float
+
+
+def prepare_align(cfg: AlignConfig, callbacks: Sequence[TrainerCallback] = ()) -> AlignRun:
+    """Load the SFT checkpoint and the samples, build the trainer; ``callbacks`` are added to the run's own."""
     from transformers import AutoTokenizer
 
     from training.data.sample_format import read_samples
-    from training.model import check_model_dir, load_model, num_parameters, read_train_info, save_model_dir
+    from training.model import check_model_dir, load_model, num_parameters, read_train_info
 
     t0 = time.time()
     check_model_dir(cfg.sft_dir)  # a truncated or corrupt file is named here, before anything reads it
@@ -272,7 +293,16 @@ def run_align(cfg: AlignConfig) -> Path:
     logger.info("align %s: %d sessions, model %d parameters", cfg.variant, len(examples), num_parameters(model))
     trainer = AlignTrainer(model=model, args=training_arguments(cfg.train, cfg.out_dir),
                            train_dataset=ListDataset(examples), data_collator=collator,
-                           callbacks=run_callbacks(cfg.out_dir), align_cfg=cfg, ref_model=ref_model)
+                           callbacks=[*run_callbacks(cfg.out_dir), *callbacks], align_cfg=cfg, ref_model=ref_model)
+    return AlignRun(trainer, tokenizer, examples, sft_info, list(sizes), t0)
+
+
+def run_align(cfg: AlignConfig, callbacks: Sequence[TrainerCallback] = ()) -> Path:
+    """Train from the SFT checkpoint, then write ``RUN_DIR/final``; returns that path."""
+    from training.model import save_model_dir
+
+    run = prepare_align(cfg, callbacks)
+    trainer = run.trainer
     resumed_from = last_checkpoint(cfg.out_dir) if cfg.resume else None
     result = trainer.train_with_resume(cfg.resume)
     final = cfg.out_dir / "final"
@@ -283,20 +313,20 @@ def run_align(cfg: AlignConfig) -> Path:
             "ablations": {"tlgd": cfg.rad.tlgd, "rdrw": cfg.rad.rdrw, "ml_sft": cfg.rad.ml_sft},
             "steps": int(trainer.state.global_step),
             "train_loss": float(result.training_loss),
-            "sessions": len(examples),
+            "sessions": len(run.examples),
             "data": {"samples": str(cfg.samples_dir)},
             "loss_config": _loss_config(cfg),
             "config": asdict(cfg.train),
-            "codebook_sizes": list(sizes),
+            "codebook_sizes": run.codebook_sizes,
             "prompt_version": PROMPT_VERSION,
-            "sft": {"dir": str(cfg.sft_dir), "info": sft_info},
-            "model": sft_info.get("model", {}),
+            "sft": {"dir": str(cfg.sft_dir), "info": run.sft_info},
+            "model": run.sft_info.get("model", {}),
             "resumed_from": resumed_from,
             "rdrw_final": None if trainer.rdrw is None else {"seen": trainer.rdrw.seen,
                                                               "quartiles": trainer.rdrw.quartiles},
-            "wall_seconds": time.time() - t0,
+            "wall_seconds": time.time() - run.started,
         }
-        save_model_dir(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final, info)
+        save_model_dir(trainer.accelerator.unwrap_model(trainer.model), run.tokenizer, final, info)
     trainer.accelerator.wait_for_everyone()
     return final
 
