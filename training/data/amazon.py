@@ -9,8 +9,11 @@ Contract (layout: ``items.json``, ``valid.csv``, ``test.csv``, optionally ``trai
   rows ``day = 2``; ``radgr data samples`` (split by day) then trains on valid and tests on test.
 - ``expand_histories``: a training-side row with history ``h_1..h_m`` and target ``t`` also yields the next-item
   sessions (``h_1..h_{k}`` → ``h_{k+1}``) for ``k = min_history..m-1``; test rows are never expanded.
-- Any category exported in the same layout works (file names are fixed, the category is not). Rows naming items
-  missing from ``items.json`` raise ``ValueError`` with the file, row and field.
+- Any category exported in the same layout works (file names are fixed, the category is not): ``items.json`` is
+  ``{item_id: {title, brand?, description?, categories?}}`` with any string ids, and each CSV needs only the columns
+  ``user_id``, ``history_item_id`` (a Python-literal list, oldest first) and ``item_id``; other columns are ignored.
+  A missing column raises ``ValueError`` naming the file and column; rows naming items missing from ``items.json``
+  raise ``ValueError`` with the file, row and field.
 """
 
 from __future__ import annotations
