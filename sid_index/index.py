@@ -8,12 +8,15 @@ Contract (``S`` unique SIDs, ``n`` items; all arrays numpy int64 unless noted):
   ``sid_item_rows[indptr[r]:indptr[r + 1]]``, by popularity descending, ties by item row ascending.
 - ``item_ids`` (catalog order, row ``i``), ``item_sid_row [n]``, ``item_category`` (``""`` when unknown),
   ``item_popularity`` float64 ``[n]``.
-- Lookups: item id → row and SID string → row go through marisa-tries (``None`` when unknown).
+- Lookups: item id → row goes through a marisa-trie; SID string → row parses the string and binary-searches the
+  sorted codes (``None`` when unknown or not in the canonical ``<s0_a><s1_b><s2_c>`` form).
+- Item ids are non-empty strings without NUL characters (NUL separates them on disk), unique.
 
-On disk (:meth:`SidIndex.save`, :meth:`SidIndex.load`) an index is a directory of ``.npy``, JSON and marisa-trie
-files plus ``manifest.json``; :mod:`sid_index.index_files` defines that format, publishes it atomically and checks
-it on load (:class:`IndexFormatError` names the missing file, the checksum that does not match, or the array whose
-shape/content is inconsistent).
+On disk (:meth:`SidIndex.save`, :meth:`SidIndex.load`) an index is a compact directory (format version 2: packed
+integer ``.npy`` arrays, zlib-compressed ids, the item marisa-trie, ``manifest.json``);
+:mod:`sid_index.index_files` defines that format, publishes it atomically and checks it on load
+(:class:`IndexFormatError` names the missing file, the checksum that does not match, or the array whose
+shape/content is inconsistent). In memory the arrays stay int64 / float64.
 """
 
 from __future__ import annotations
@@ -26,30 +29,44 @@ from typing import Any
 import marisa_trie
 import numpy as np
 
-from sid_index.index_files import IndexFormatError, IndexParts, check_codebook_sizes, read_index_dir, write_index_dir
+from sid_index.index_files import (
+    IndexFormatError,
+    IndexParts,
+    check_codebook_sizes,
+    codes_key,
+    read_index_dir,
+    write_index_dir,
+)
 from sid_index.prefix_tables import PrefixTables
 from sid_index.tokens import NUM_LEVELS, parse_sid_string, sid_string
 
 __all__ = ["IndexFormatError", "SidIndex"]
 
 
-def _codes_key(codes: np.ndarray, codebook_sizes: Sequence[int]) -> np.ndarray:
-    """One int64 per SID whose order is the lexicographic order of the codes (mixed-radix number)."""
-    s1, s2 = int(codebook_sizes[1]), int(codebook_sizes[2])
-    key: np.ndarray = (codes[:, 0] * s1 + codes[:, 1]) * s2 + codes[:, 2]
-    return key
-
-
-def _check_item_ids(item_ids: Sequence[str]) -> None:
-    seen: dict[str, int] = {}
-    for row, iid in enumerate(item_ids):
-        if not isinstance(iid, str):
-            raise ValueError(f"item_id must be a string, given {type(iid).__name__} at row {row}")
-        if iid == "":
-            raise ValueError(f"item_id is empty at row {row}")
-        if iid in seen:
-            raise ValueError(f"item_id {iid!r} is duplicated at rows {seen[iid]} and {row}")
-        seen[iid] = row
+def _item_trie(item_ids: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
+    """Check the ids (strings, non-empty, no NUL, unique: ``ValueError`` naming the row) and return their
+    marisa-trie and the array mapping its key ids to rows. Fast checks first; a failure finds the row slowly."""
+    try:
+        joined = "\x00".join(item_ids)
+    except TypeError:
+        row = next(r for r, iid in enumerate(item_ids) if not isinstance(iid, str))
+        raise ValueError(f"item_id must be a string, given {type(item_ids[row]).__name__} at row {row}") from None
+    if "" in item_ids:
+        raise ValueError(f"item_id is empty at row {item_ids.index('')}")
+    if joined.count("\x00") != len(item_ids) - 1:
+        row = next(r for r, iid in enumerate(item_ids) if "\x00" in iid)
+        raise ValueError(f"item_id must not contain a NUL character, given {item_ids[row]!r} at row {row}")
+    del joined
+    trie = marisa_trie.Trie(item_ids)
+    if len(trie) != len(item_ids):
+        seen: dict[str, int] = {}
+        for row, iid in enumerate(item_ids):
+            if iid in seen:
+                raise ValueError(f"item_id {iid!r} is duplicated at rows {seen[iid]} and {row}")
+            seen[iid] = row
+    rows = np.empty(len(item_ids), dtype=np.int64)
+    rows[np.fromiter(map(trie.key_id, item_ids), dtype=np.int64, count=len(item_ids))] = np.arange(len(item_ids))
+    return trie, rows
 
 
 class SidIndex:
@@ -69,8 +86,6 @@ class SidIndex:
         tables: PrefixTables,
         item_trie: marisa_trie.Trie,
         item_trie_rows: np.ndarray,
-        sid_trie: marisa_trie.Trie,
-        sid_trie_rows: np.ndarray,
         config: dict[str, Any] | None = None,
     ) -> None:
         self.codebook_sizes = codebook_sizes
@@ -85,9 +100,7 @@ class SidIndex:
         self.config: dict[str, Any] = dict(config or {})
         self._item_trie = item_trie
         self._item_trie_rows = item_trie_rows
-        self._sid_trie = sid_trie
-        self._sid_trie_rows = sid_trie_rows
-        self._sid_keys = _codes_key(sid_codes, codebook_sizes)
+        self._sid_keys = codes_key(sid_codes, codebook_sizes)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -107,13 +120,11 @@ class SidIndex:
         n = len(item_ids)
         if n == 0:
             raise ValueError("item_ids must hold at least one item, given 0")
-        _check_item_ids(item_ids)
         codes = np.asarray(codes)
         if codes.shape != (n, NUM_LEVELS):
             raise ValueError(f"codes must have shape [{n}, {NUM_LEVELS}] (one row per item), given {codes.shape}")
         if not np.issubdtype(codes.dtype, np.integer):
             raise ValueError(f"codes must be integers, given dtype {codes.dtype}")
-        codes = codes.astype(np.int64)
         for level, size in enumerate(sizes):
             col = codes[:, level]
             bad = np.flatnonzero((col < 0) | (col >= size))
@@ -134,10 +145,12 @@ class SidIndex:
             if len(cats) != n:
                 raise ValueError(f"categories must have {n} entries (one per item), given {len(cats)}")
 
-        keys = _codes_key(codes, sizes)
+        item_trie, item_trie_rows = _item_trie(item_ids)
+        keys = codes_key(codes, sizes)
         uniq_keys, first, item_sid_row = np.unique(keys, return_index=True, return_inverse=True)
+        del keys
         item_sid_row = item_sid_row.astype(np.int64).reshape(-1)
-        sid_codes = codes[first]
+        sid_codes = codes[first].astype(np.int64)
         num_sids = int(uniq_keys.shape[0])
         rows = np.arange(n, dtype=np.int64)
         # primary: SID row; then popularity descending; then item row ascending (lexsort: last key is primary)
@@ -146,13 +159,10 @@ class SidIndex:
         sid_item_indptr = np.zeros(num_sids + 1, dtype=np.int64)
         np.cumsum(counts, out=sid_item_indptr[1:])
         tables = PrefixTables.from_sorted_codes(sid_codes)
-        item_trie, item_trie_rows = _build_trie(item_ids)
-        sid_trie, sid_trie_rows = _build_trie([sid_string(c) for c in sid_codes.tolist()])
         return cls(
             codebook_sizes=sizes, sid_codes=sid_codes, sid_item_indptr=sid_item_indptr, sid_item_rows=sid_item_rows,
             item_ids=item_ids, item_sid_row=item_sid_row, item_category=cats, item_popularity=pop, tables=tables,
-            item_trie=item_trie, item_trie_rows=item_trie_rows, sid_trie=sid_trie, sid_trie_rows=sid_trie_rows,
-            config=config,
+            item_trie=item_trie, item_trie_rows=item_trie_rows, config=config,
         )
 
     # ------------------------------------------------------------------ lookups
@@ -174,7 +184,7 @@ class SidIndex:
         codes = np.asarray(codes, dtype=np.int64).reshape(-1, NUM_LEVELS)
         sizes = np.asarray(self.codebook_sizes, dtype=np.int64)
         in_range = np.all((codes >= 0) & (codes < sizes), axis=1)
-        keys = _codes_key(np.where(in_range[:, None], codes, 0), self.codebook_sizes)
+        keys = codes_key(np.where(in_range[:, None], codes, 0), self.codebook_sizes)
         pos = np.searchsorted(self._sid_keys, keys)
         pos_c = np.minimum(pos, self.num_sids - 1)
         found = in_range & (self._sid_keys[pos_c] == keys)
@@ -194,9 +204,19 @@ class SidIndex:
         return sid_string(self.sid_codes[row].tolist())
 
     def sid_row(self, sid_str: str) -> int | None:
-        """SID row of a SID string, ``None`` if it is not a SID of this index."""
-        key_id = self._sid_trie.get(sid_str)
-        return None if key_id is None else int(self._sid_trie_rows[key_id])
+        """SID row of a SID string, ``None`` if it is not a SID of this index (or not in canonical form)."""
+        try:
+            codes = parse_sid_string(sid_str)
+        except ValueError:
+            return None
+        if sid_string(codes) != sid_str:  # e.g. "<s0_03>": not a token of the vocabulary
+            return None
+        s1, s2 = self.codebook_sizes[1], self.codebook_sizes[2]
+        if codes[0] >= self.codebook_sizes[0] or codes[1] >= s1 or codes[2] >= s2:
+            return None
+        key = (codes[0] * s1 + codes[1]) * s2 + codes[2]
+        pos = int(np.searchsorted(self._sid_keys, key))
+        return pos if pos < self.num_sids and int(self._sid_keys[pos]) == key else None
 
     def items_of_sid_row(self, row: int) -> list[str]:
         """Item ids of SID row ``row``, most popular first."""
@@ -231,8 +251,7 @@ class SidIndex:
             codebook_sizes=self.codebook_sizes, sid_codes=self.sid_codes, sid_item_indptr=self.sid_item_indptr,
             sid_item_rows=self.sid_item_rows, item_ids=self.item_ids, item_sid_row=self.item_sid_row,
             item_category=self.item_category, item_popularity=self.item_popularity, tables=self.tables,
-            item_trie=self._item_trie, item_trie_rows=self._item_trie_rows, sid_trie=self._sid_trie,
-            sid_trie_rows=self._sid_trie_rows, config=self.config,
+            item_trie=self._item_trie, item_trie_rows=self._item_trie_rows, config=self.config,
         )
         return write_index_dir(directory, parts, extra_json)
 
@@ -244,15 +263,6 @@ class SidIndex:
             codebook_sizes=p.codebook_sizes, sid_codes=p.sid_codes, sid_item_indptr=p.sid_item_indptr,
             sid_item_rows=p.sid_item_rows, item_ids=p.item_ids, item_sid_row=p.item_sid_row,
             item_category=p.item_category, item_popularity=p.item_popularity, tables=p.tables,
-            item_trie=p.item_trie, item_trie_rows=p.item_trie_rows, sid_trie=p.sid_trie,
-            sid_trie_rows=p.sid_trie_rows, config=p.config,
+            item_trie=p.item_trie, item_trie_rows=p.item_trie_rows, config=p.config,
         )
 
-
-def _build_trie(keys: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
-    """A marisa-trie over ``keys`` and the array mapping its key ids back to positions in ``keys``."""
-    trie = marisa_trie.Trie(keys)
-    rows = np.full(len(keys), -1, dtype=np.int64)
-    key_ids = np.fromiter((trie.key_id(k) for k in keys), dtype=np.int64, count=len(keys))
-    rows[key_ids] = np.arange(len(keys), dtype=np.int64)
-    return trie, rows

@@ -2,7 +2,8 @@
 
 Contract: :func:`read_format_manifest` reads ``DIR/manifest.json`` and checks that it is a JSON object whose
 ``format`` and ``format_version`` are the expected ones. Every failure raises the caller's error class (a ``ValueError``
-subclass) with a message naming the directory or file and, for a wrong field, the expected and the given value.
+subclass) with a message naming the directory or file and, for a wrong field, the expected and the given value (a
+wrong ``format_version`` names the manifest's path and both versions).
 The rest of a manifest (file lists, checksums, summaries) belongs to each format's own module.
 """
 
@@ -34,6 +35,7 @@ def read_format_manifest(directory: str | os.PathLike[str], *, kind: str, format
     if manifest.get("format") != format_name:
         raise error(f"manifest format must be {format_name!r}, given {manifest.get('format')!r}")
     if manifest.get("format_version") != format_version:
-        raise error(f"manifest format_version must be {format_version}, "
-                    f"given {manifest.get('format_version')!r}")
+        raise error(f"{kind} file {str(path)!r}: format_version must be {format_version}, given "
+                    f"{manifest.get('format_version')!r} (this radgr reads only {format_name} version "
+                    f"{format_version}; write the {kind} again with this radgr)")
     return manifest

@@ -2,7 +2,8 @@
 
 Contract:
 
-- :func:`train_codebooks` draws a seeded training sample of at most ``train_points_per_centroid × max(k)`` rows
+- :func:`train_codebooks` draws a seeded training sample (:func:`train_sample_rows`; :func:`fit_codebooks` trains on
+  a sample read elsewhere, e.g. streamed from disk) of at most ``train_points_per_centroid × max(k)`` rows
   (``max_train_points`` caps it further), runs faiss k-means on it level by level (level ``l`` on the sample's
   residuals after levels ``< l``, seed ``seed + l``), and returns :class:`Codebooks`: per level float32 centroids
   ``[k_l, d]`` and float32 biases ``[k_l]`` (all zero unless balanced). Memory is bounded by the sample, not by the
@@ -152,26 +153,42 @@ def _balanced_refine(residual: np.ndarray, centroids: np.ndarray, rounds: int) -
     return c, fit_balance_bias(_sq_dists(residual, c))
 
 
-def train_codebooks(x: np.ndarray, cfg: RQKMeansConfig) -> Codebooks:
-    """Fit the 3 residual codebooks on a seeded sample of ``x`` ``[n, d]`` (module docstring)."""
-    import faiss
-
-    _check_x(x)
-    n, d = x.shape
+def train_sample_rows(n: int, cfg: RQKMeansConfig) -> np.ndarray | None:
+    """The sorted rows of ``n`` the codebooks train on (seeded), or ``None`` when they train on all rows; checks
+    that no codebook is larger than the ``n`` items it must cluster."""
     for level, k in enumerate(cfg.codebook_sizes):
         if k > n:
             raise ValueError(f"codebook_sizes[{level}] = {k} exceeds the {n} items to cluster "
                              f"(a codebook needs at least as many items as codes)")
     m = cfg.train_sample_size(n)
-    if m < n:
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=m, replace=False))
+    if m == n:
+        return None
+    rows: np.ndarray = np.sort(np.random.default_rng(cfg.seed).choice(n, size=m, replace=False))
+    return rows
+
+
+def train_codebooks(x: np.ndarray, cfg: RQKMeansConfig) -> Codebooks:
+    """Fit the 3 residual codebooks on a seeded sample of ``x`` ``[n, d]`` (module docstring)."""
+    _check_x(x)
+    rows = train_sample_rows(x.shape[0], cfg)
+    if rows is not None:
         sample = np.ascontiguousarray(x[rows], dtype=np.float32)
     else:
         sample = np.array(x, dtype=np.float32, copy=True, order="C")
+    return fit_codebooks(sample, cfg, total_rows=x.shape[0])
+
+
+def fit_codebooks(sample: np.ndarray, cfg: RQKMeansConfig, total_rows: int) -> Codebooks:
+    """Fit the codebooks on ``sample`` (the rows of :func:`train_sample_rows`, float32 C-contiguous; modified in
+    place: it ends as the residuals); ``total_rows`` is only logged."""
+    import faiss
+
+    _check_x(sample)
+    m, d = sample.shape
     if cfg.balanced and m * max(cfg.codebook_sizes) > 1 << 28:
         raise ValueError(f"balanced k-means keeps a [sample, k] distance matrix: train sample {m} × codebook "
                          f"{max(cfg.codebook_sizes)} must be <= 2**28; lower max_train_points")
-    log.info("training %d-level RQ-KMeans %s on %d of %d rows%s", NUM_LEVELS, cfg.codebook_sizes, m, n,
+    log.info("training %d-level RQ-KMeans %s on %d of %d rows%s", NUM_LEVELS, cfg.codebook_sizes, m, total_rows,
              " (balanced)" if cfg.balanced else "")
     centroids: list[np.ndarray] = []
     biases: list[np.ndarray] = []

@@ -137,10 +137,10 @@ def test_verify_names_a_changed_file(bundle_copy: Path) -> None:
 
 
 def test_verify_names_a_missing_and_an_unlisted_file(bundle_copy: Path) -> None:
-    (bundle_copy / "index" / "level0.npy").rename(bundle_copy / "level0.npy")
-    with pytest.raises(BundleError, match=r"'index/level0.npy' is missing"):
+    (bundle_copy / "index" / "sid_codes.npy").rename(bundle_copy / "sid_codes.npy")
+    with pytest.raises(BundleError, match=r"'index/sid_codes.npy' is missing"):
         verify_bundle(bundle_copy)
-    (bundle_copy / "level0.npy").rename(bundle_copy / "index" / "level0.npy")
+    (bundle_copy / "sid_codes.npy").rename(bundle_copy / "index" / "sid_codes.npy")
     verify_bundle(bundle_copy)
     (bundle_copy / "model" / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(BundleError, match=r"'model/pytorch_model.bin' is not listed"):

@@ -58,9 +58,9 @@ def test_export_then_verify_records_provenance(run: Run, tmp_path: Path, capsys:
     assert m["prompt"] == {"version": PROMPT_VERSION, "max_history": 7, "hard_search": False}
     assert not any(rel.endswith("radgr_train.json") for rel in m["files"])
     # tampering is caught by `bundle verify` with the file named
-    (out / "index" / "item_ids.json").write_text("[]")
+    (out / "index" / "categories.json").write_text("[]")
     assert main(["bundle", "verify", str(out)]) == 1
-    assert "index/item_ids.json" in capsys.readouterr().err
+    assert "index/categories.json" in capsys.readouterr().err
     assert _export(run, out) == 1  # refuses to replace without --overwrite
     assert _export(run, out, "--overwrite") == 0
     assert main(["bundle", "verify", str(out)]) == 0

@@ -149,7 +149,7 @@ def test_a_foreign_parquet_file_without_checksum_is_still_named(tmp_path: Path,
     assert not (tmp_path / "run" / "final").exists()
 
 
-@pytest.mark.parametrize(("name", "damage"), [("level0.npy", "flipped-middle"), ("sid_codes.npy", "truncated"),
+@pytest.mark.parametrize(("name", "damage"), [("sid_item_rows.npy", "flipped-middle"), ("sid_codes.npy", "truncated"),
                                               ("item_ids.marisa", "flipped-middle"), ("manifest.json", "truncated")])
 def test_damaged_index_file_exit_2_naming_it(name: str, damage: str, sim: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,7 +251,7 @@ def test_a_flipped_byte_in_any_bundle_file_is_refused_naming_it(bundle: Path, tm
     """Every file: weights, tokenizer, configs, index arrays and tries, categorizer, both manifests."""
     b = Path(shutil.copytree(bundle, tmp_path / "b"))
     files = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
-    assert {"manifest.json", "model/model.safetensors", "model/tokenizer.json", "index/level0.npy",
+    assert {"manifest.json", "model/model.safetensors", "model/tokenizer.json", "index/sid_codes.npy",
             "index/manifest.json", "query_categorizer.json"} <= set(files)
     for k, rel in enumerate(files):
         good = (b / rel).read_bytes()
@@ -263,7 +263,7 @@ def test_a_flipped_byte_in_any_bundle_file_is_refused_naming_it(bundle: Path, tm
     assert main(["bundle", "verify", str(b)]) == 0
 
 
-@pytest.mark.parametrize("rel", ["model/model.safetensors", "manifest.json", "index/l1_codes.npy"])
+@pytest.mark.parametrize("rel", ["model/model.safetensors", "manifest.json", "index/sid_item_rows.npy"])
 def test_the_server_refuses_a_damaged_bundle_at_start_up(rel: str, bundle: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

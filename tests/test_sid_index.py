@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sid_index.index import IndexFormatError, SidIndex
+from sid_index.narrow_arrays import narrow_popularity, pack_uint, unpack_uint, widen_popularity
 from sid_index.tokens import sid_string
 
 
@@ -88,7 +89,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert back.codebook_sizes == (4, 4, 4) and back.config == {"seed": 7}
     assert [back.sid_of_item(i) for i in ix.item_ids] == [ix.sid_of_item(i) for i in ix.item_ids]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["codebook_sizes"] == [4, 4, 4]
+    assert manifest["format_version"] == 2 and manifest["codebook_sizes"] == [4, 4, 4]
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
 
 
@@ -108,19 +109,69 @@ def test_load_names_checksum_mismatch(tmp_path: Path) -> None:
         SidIndex.load(out)
 
 
+def _save_packed(path: Path, values: list[int]) -> None:
+    np.save(path, pack_uint(np.array(values, dtype=np.int64)), allow_pickle=False)
+
+
 def test_load_names_shape_mismatch(tmp_path: Path) -> None:
     out = _small_index().save(tmp_path / "ix")
     # a consistent-looking manifest for a wrongly shaped array: shape check must catch it
-    np.save(out / "item_sid_row.npy", np.zeros(4, dtype=np.int64), allow_pickle=False)
-    with pytest.raises(IndexFormatError, match=r"'item_sid_row.npy' must have shape \[5\]"):
+    _save_packed(out / "sid_item_rows.npy", [0, 1, 2, 3])
+    with pytest.raises(IndexFormatError, match=r"'sid_item_rows.npy' must have shape \[5\]"):
+        SidIndex.load(out, verify_checksums=False)
+    np.save(out / "sid_item_rows.npy", np.zeros(5, dtype=np.int64), allow_pickle=False)  # not packed
+    with pytest.raises(IndexFormatError, match=r"'sid_item_rows\.npy' is not a packed integer"):
         SidIndex.load(out, verify_checksums=False)
 
 
-def test_load_rejects_inconsistent_cross_references(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "values", "match"),
+    [
+        ("sid_item_rows.npy", [3, 1, 0, 2, 2], "'sid_item_rows.npy' must be a permutation"),
+        ("sid_item_rows.npy", [3, 1, 0, 2, 4], "'sid_item_rows.npy' does not list a SID's items by popularity"),
+        ("sid_item_counts.npy", [1, 1, 2], "'sid_item_counts.npy' must be >= 1 per SID and sum to 5"),
+        ("sid_item_counts.npy", [1, 0, 4], "'sid_item_counts.npy' must be >= 1 per SID"),
+        ("sid_codes.npy", [0, 0, 1, 0, 0, 0, 1, 2, 3], "'sid_codes.npy' must hold unique SIDs sorted"),
+        ("item_key_rows.npy", [0, 0, 1, 2, 3], "'item_key_rows.npy' must be a permutation"),
+        ("item_category_index.npy", [0, 0, 0, 0, 9], r"'item_category_index.npy' must be in \[0, 4\)"),
+    ],
+)
+def test_load_rejects_inconsistent_cross_references(tmp_path: Path, name: str, values: list[int], match: str) -> None:
     out = _small_index().save(tmp_path / "ix")
-    np.save(out / "item_sid_row.npy", np.array([2, 1, 2, 0, 1], dtype=np.int64), allow_pickle=False)
-    with pytest.raises(IndexFormatError, match=re.escape("'item_sid_row.npy' disagrees")):
+    arr = np.array(values).reshape(-1, 3) if name == "sid_codes.npy" else np.array(values)
+    np.save(out / name, pack_uint(arr), allow_pickle=False)
+    with pytest.raises(IndexFormatError, match=match):
         SidIndex.load(out, verify_checksums=False)
+
+
+def test_compact_files_and_narrow_types(tmp_path: Path) -> None:
+    """Version 2 stores no derived array and each integer array in the fewest bytes; integer popularity narrows."""
+    out = _small_index().save(tmp_path / "ix")
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "manifest.json", "categories.json", "item_ids.marisa", "item_ids.zlib", "item_popularity.npy",
+        "sid_codes.npy", "sid_item_counts.npy", "sid_item_rows.npy", "item_key_rows.npy", "item_category_index.npy"])
+    arrays = json.loads((out / "manifest.json").read_text())["arrays"]
+    assert arrays["sid_codes.npy"] == {"shape": [3, 3], "bytes_per_value": 1}
+    assert arrays["item_popularity.npy"]["dtype"] == "uint8"  # 1, 5, 3, 0, 1 are whole numbers
+    assert np.load(out / "sid_codes.npy").dtype == np.uint8
+    big = SidIndex.from_codes([f"i{k}" for k in range(300)], np.zeros((300, 3), dtype=np.int64),
+                              np.linspace(0.1, 1.0, 300), None, (4, 4, 4)).save(tmp_path / "big")
+    arrays = json.loads((big / "manifest.json").read_text())["arrays"]
+    assert arrays["sid_item_rows.npy"]["bytes_per_value"] == 2 and arrays["item_category_index.npy"] == {
+        "shape": [300], "bytes_per_value": 0}
+    assert arrays["item_popularity.npy"]["dtype"] == "float64"
+    back = SidIndex.load(big)
+    np.testing.assert_array_equal(back.item_popularity, np.linspace(0.1, 1.0, 300))
+    assert back.items_of_sid("<s0_0><s1_0><s2_0>")[:2] == ["i299", "i298"]
+
+
+def test_sid_row_is_exact_about_the_string() -> None:
+    ix = _small_index()
+    assert ix.sid_row("<s0_1><s1_2><s2_3>") == 2
+    for bad in ("<s0_01><s1_2><s2_3>", "<s0_1><s1_2>", "x<s0_1><s1_2><s2_3>", "<s1_1><s0_2><s2_3>", "",
+                "<s0_9><s1_2><s2_3>"):
+        assert ix.sid_row(bad) is None, bad
+        assert ix.items_of_sid(bad) == []
 
 
 def test_load_rejects_wrong_format_version(tmp_path: Path) -> None:
@@ -128,7 +179,8 @@ def test_load_rejects_wrong_format_version(tmp_path: Path) -> None:
     m = json.loads((out / "manifest.json").read_text())
     m["format_version"] = 99
     (out / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(IndexFormatError, match="format_version must be 1, given 99"):
+    with pytest.raises(IndexFormatError, match=re.escape(
+            f"index file {str(out / 'manifest.json')!r}: format_version must be 2, given 99")):
         SidIndex.load(out)
 
 
@@ -137,6 +189,8 @@ def test_load_rejects_wrong_format_version(tmp_path: Path) -> None:
     [
         ({"item_ids": ["a", "a"]}, "item_id 'a' is duplicated at rows 0 and 1"),
         ({"item_ids": ["a", ""]}, "item_id is empty at row 1"),
+        ({"item_ids": ["a", "b\x00"]}, r"item_id must not contain a NUL character, given 'b\\x00' at row 1"),
+        ({"item_ids": ["a", 3]}, "item_id must be a string, given int at row 1"),
         ({"codes": np.array([[0, 0, 0], [0, 4, 0]])}, r"codes\[:, 1\] must be in \[0, 4\), given 4 at item row 1"),
         ({"codes": np.zeros((3, 3), dtype=np.int64)}, r"codes must have shape \[2, 3\]"),
         ({"popularity": np.array([1.0, np.nan])}, "popularity must be finite and >= 0"),
@@ -180,9 +234,27 @@ def test_extra_json_is_checksummed(tmp_path: Path) -> None:
         _small_index().save(tmp_path / "iy", extra_json={"../x.json": {}})
 
 
-@pytest.mark.parametrize("name", ["item_ids.json", "item_ids.marisa"])
+@pytest.mark.parametrize("name", ["item_ids.zlib", "item_ids.marisa", "categories.json"])
 def test_load_names_corrupt_json_and_trie(tmp_path: Path, name: str) -> None:
     out = _small_index().save(tmp_path / "ix")
     (out / name).write_bytes(b"\x00garbage")
     with pytest.raises(IndexFormatError, match=re.escape(f"index file '{name}' is not")):
         SidIndex.load(out, verify_checksums=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=30), st.integers(0, 2))
+def test_pack_uint_round_trip(values: list[int], extra_dims: int) -> None:
+    a = np.array(values, dtype=np.int64).reshape(-1, *([1] * extra_dims))
+    packed = pack_uint(a)
+    assert packed.dtype == np.uint8 and packed.shape[-1] == (max(values).bit_length() + 7) // 8
+    np.testing.assert_array_equal(unpack_uint(packed), a)
+
+
+@pytest.mark.parametrize(("values", "dtype"), [([0.0, 3.0, 255.0], "uint8"), ([1.0, 70000.0], "uint32"),
+                                               ([0.5, 2.25], "float32"), ([0.1, 2.0], "float64"),
+                                               ([2.0**33], "float32"), ([2.0**33 + 1], "float64")])
+def test_popularity_narrows_losslessly(values: list[float], dtype: str) -> None:
+    stored = narrow_popularity(np.array(values))
+    assert str(stored.dtype) == dtype
+    np.testing.assert_array_equal(widen_popularity(stored), values)
