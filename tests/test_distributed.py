@@ -1,10 +1,12 @@
-"""Data-parallel training under ``torchrun`` (2 processes, gloo on CPU) equals one process with the same global batch.
+"""Data-parallel training (2 processes, gloo on CPU) equals one process with the same global batch.
 
 - SFT and RAD-DPO: ``torchrun --nproc-per-node 2 -m cli.main train ...`` with ``--batch-size B`` against the same
   command in one process with ``--batch-size 2B``: the logged loss of every step agrees to 1e-5 (relative) and
   every final weight to 1e-5 (absolute). Why not bitwise: each rank pads its own micro-batch (different matmul
   shapes) and DDP sums gradients in another order, so float32 sums differ in the last bits (measured after 4
   steps: weights within 3.7e-7 for SFT and 1.2e-7 for RAD-DPO, losses within 1e-7 relative).
+- FSDP2 on CPU (``accelerate launch --config_file configs/fsdp_cpu.yaml``, the path of ``configs/fsdp.yaml``):
+  the same SFT losses and final weights (gathered to rank 0) as one process, to the same tolerance.
 - RDRW's window is global: two ranks fed different similarity batches hold the same quartiles at every step and
   weigh a pair exactly as one process fed both batches does; with a per-rank window (the old behaviour) they
   would differ, which the same worker shows. The RAD-DPO run checks it end to end: its checkpoint's RDRW window
@@ -66,12 +68,21 @@ def _rdrw_worker(out_dir: Path) -> None:
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def _torchrun(args: list[str], tmp: Path) -> None:
+def _launch(args: list[str], tmp: Path, launcher: tuple[str, ...] = ("torch.distributed.run", "--standalone",
+                                                                       "--nproc-per-node", "2")) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "TMPDIR": str(tmp)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    cmd = [sys.executable, "-m", *launcher, *args]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _worker(spec_path: Path) -> None:
@@ -115,22 +126,27 @@ def _align_command(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One torchrun launch (2 ranks) runs SFT with --batch-size 8, RAD-DPO with 4, then the RDRW worker; this
-    process runs the same SFT with 16 and RAD-DPO with 8. Layout: {sft,align}-{one,two}/, rdrw/rank{0,1}.json."""
+def sft_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from test_sft_cli import make_world
 
+    return make_world(tmp_path_factory.mktemp("sft-world"), train_sessions=64, test_sessions=4)
+
+
+@pytest.fixture(scope="module")
+def runs(sft_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One torchrun launch (2 ranks) runs SFT with --batch-size 8, RAD-DPO with 4, then the RDRW worker; this
+    process runs the same SFT with 16 and RAD-DPO with 8. Layout: {sft,align}-{one,two}/, rdrw/rank{0,1}.json."""
     from cli.main import main
 
     root = tmp_path_factory.mktemp("ddp")
-    sft = _sft_command(make_world(root / "sft-world", train_sessions=64, test_sessions=4))
+    sft = _sft_command(sft_world)
     align = _align_command(root / "align-world")
     (root / "rdrw").mkdir()
     spec = {"commands": [[*sft, "--out", str(root / "sft-two"), "--batch-size", "8"],
                          [*align, "--out", str(root / "align-two"), "--batch-size", "4"]],
             "rdrw_out": str(root / "rdrw")}
     (root / "spec.json").write_text(json.dumps(spec))
-    _torchrun([str(Path(__file__)), str(root / "spec.json")], root)
+    _launch([str(Path(__file__)), str(root / "spec.json")], root)
     assert main([*sft, "--out", str(root / "sft-one"), "--batch-size", "16"]) == 0
     assert main([*align, "--out", str(root / "align-one"), "--batch-size", "8"]) == 0
     return root
@@ -187,6 +203,17 @@ def _assert_same_run(single: Path, ddp: Path) -> list[float]:
 def test_ddp_sft_matches_one_process(runs: Path) -> None:
     losses = _assert_same_run(runs / "sft-one", runs / "sft-two")
     assert losses[-1] < losses[0]  # it trained
+
+
+@pytest.mark.slow
+def test_fsdp_sft_matches_one_process(runs: Path, sft_world: dict[str, Path], tmp_path: Path) -> None:
+    """FSDP2 (configs/fsdp_cpu.yaml: full shard per decoder layer, gloo) through ``accelerate launch``: the same
+    losses and, gathered into rank 0's final model directory, the same weights as one process."""
+    launcher = ("accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "fsdp_cpu.yaml"),
+                "--main_process_port", str(_free_port()), "-m")
+    _launch(["cli.main", *_sft_command(sft_world), "--out", str(tmp_path / "fsdp"), "--batch-size", "8"], tmp_path,
+              launcher)
+    _assert_same_run(runs / "sft-one", tmp_path / "fsdp")
 
 
 @pytest.mark.slow

@@ -22,7 +22,11 @@ training right once, for every radgr trainer (docs/training.md, "The shared trai
 - A JSON log of every logged step (``<run_dir>/train_log.json``, rewritten atomically) and a loss-curve PNG
   (``<run_dir>/loss.png``, ``training.loss_plot``); tqdm progress from Trainer.
 - Data parallel under ``torchrun``: no module globals, every file write is rank-0 only, the unit count is summed
-  over ranks and the loss multiplied by the world size so DDP's gradient *mean* yields the global per-unit mean.
+  over ranks and the loss multiplied by the world size so DDP's gradient *mean* yields the global per-unit mean;
+  the length-grouped order is drawn for the global batch, so W ranks of B rows equal one process of W×B rows
+  (``tests/test_distributed.py``). FSDP through ``accelerate launch --config_file configs/fsdp.yaml`` (parameters,
+  gradients and optimizer state sharded; ``tests/test_fsdp.py``): after ``train_with_resume`` rank 0's
+  ``trainer.model`` is a plain model with the full weights (gathered from every rank), ready for the final save.
   ``TrainingArguments`` (precision, checkpoint folder, label names) come from ``training.train_config``.
 
 How a trainer subclasses it (SFT is the worked example)::
@@ -42,8 +46,9 @@ How a trainer subclasses it (SFT is the worked example)::
 
     trainer = MyTrainer(model=model, args=training_arguments(cfg, run_dir), train_dataset=ListDataset(rows),
                         data_collator=collate, callbacks=run_callbacks(run_dir))
-    trainer.train_with_resume(resume=cfg_resume)
-    save_model_dir(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir / "final", info)
+    trainer.train_with_resume(resume=cfg_resume)     # under FSDP, rank 0 ends with the full weights
+    if trainer.is_world_process_zero():
+        save_model_dir(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir / "final", info)
 
 - The collator must put ``"num_units"`` (``training.batching.UNITS_KEY``, a Python ``int``) in every batch;
   ``training.batching.pad_left`` builds the usual tensors (``input_ids``, ``attention_mask``, ``position_ids``).
@@ -65,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -253,9 +258,26 @@ class RadgrTrainer(Trainer):
             self._metric_counts.clear()
         super().log(logs, start_time)
 
+    def _gather_full_model(self) -> None:
+        """FSDP only, on EVERY rank: gather the full weights to rank 0's CPU (a collective, accelerate's
+        ``get_state_dict``) and make ``self.model`` there a plain model holding them; other ranks keep their shards.
+
+        So the usual ``save_model_dir(trainer.accelerator.unwrap_model(trainer.model), ...)`` on rank 0 saves full
+        weights (saving a sharded model from rank 0 alone would run a collective on one rank).
+        """
+        unwrapped: PreTrainedModel = self.accelerator.unwrap_model(self.model)
+        full = self.accelerator.get_state_dict(self.model)  # every rank takes part; rank 0 gets the tensors
+        if self.is_world_process_zero():
+            plain = type(unwrapped)(unwrapped.config)
+            plain.load_state_dict(full)
+            self.model = self.model_wrapped = plain  # on CPU: it is there to be saved
+        self.accelerator.wait_for_everyone()
+
     # -- entry point
     def train_with_resume(self, resume: bool) -> Any:
         """``train()``, from the newest complete checkpoint of ``args.output_dir`` when ``resume`` (fresh if none).
+
+        Under FSDP it then gathers the full weights into rank 0's ``self.model`` (every rank must call it).
 
         Raises ``ValueError`` naming the checkpoint when it lacks the extra state this trainer keeps.
         """
@@ -272,7 +294,10 @@ class RadgrTrainer(Trainer):
                 raise ValueError(f"checkpoint {ckpt} has no {EXTRA_STATE_FILE}, but {type(self).__name__} keeps "
                                  f"state across checkpoints: it cannot resume exactly from it")
             logger.info("resuming from %s", ckpt)
-        return self.train(resume_from_checkpoint=ckpt)
+        result = self.train(resume_from_checkpoint=ckpt)
+        if self.is_fsdp_enabled:
+            self._gather_full_model()
+        return result
 
 
 def _units_of(batch: Mapping[str, Any]) -> int:
