@@ -48,7 +48,7 @@ from server.engine_factory import EngineFactory, default_engine_factory, server_
 from server.errors import CLIENT_CLOSED_STATUS, ERROR_RESPONSES, ApiError, install_error_handlers
 from server.metrics import CONTENT_TYPE, ServerMetrics
 from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware, ShedMiddleware
-from server.responses import build_response
+from server.responses import build_response_body
 from server.settings import ServerSettings, load_settings
 from server.state import ServingState, get_settings, get_state
 
@@ -65,7 +65,7 @@ def _unavailable(state: ServingState, settings: ServerSettings, reason: str, mes
 
 
 async def _retrieve(state: ServingState, settings: ServerSettings, body: schemas.RetrieveRequest,
-                    t_arrival: float) -> schemas.RetrieveResponse:
+                    t_arrival: float) -> Response:
     if state.draining:
         raise _unavailable(state, settings, "draining", "the server is draining; retry on another replica")
     if not state.ready or state.batcher is None or state.bundle is None:
@@ -75,8 +75,10 @@ async def _retrieve(state: ServingState, settings: ServerSettings, body: schemas
         state.batcher.check_wait(body.beam_width, t_arrival + settings.request_timeout_s)
     except QueueFull as exc:
         raise _unavailable(state, settings, exc.reason, str(exc)) from None
+    t_prompt = time.perf_counter()
     prompt = encode_request_prompt(bundle.tokenizer, body.query, body.profile, body.history, bundle.index,
                                    bundle.categorizer, bundle.prompt_config)
+    state.metrics.host_time.labels(phase="prompt").observe(time.perf_counter() - t_prompt)
     request = RetrievalRequest(prompt.token_ids, beam_width=body.beam_width, top_k_items=body.top_k)
     try:
         job = state.batcher.admit(request, t_arrival + settings.request_timeout_s)
@@ -96,7 +98,10 @@ async def _retrieve(state: ServingState, settings: ServerSettings, body: schemas
         raise ApiError(500, "the engine failed to serve this request", "server_error", code="engine_error") from None
     finally:
         state.in_flight -= 1
-    return build_response(state, body, prompt, outcome, t_arrival)
+    t_response = time.perf_counter()
+    content = build_response_body(state, body, prompt, outcome, t_arrival)
+    state.metrics.host_time.labels(phase="response").observe(time.perf_counter() - t_response)
+    return Response(content, media_type="application/json")  # already JSON: FastAPI does not encode it again
 
 
 async def _warm_up(state: ServingState, settings: ServerSettings) -> None:
@@ -168,7 +173,7 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
               summary="Ranked SIDs and items for a query, profile and history.")
     async def retrieve(body: schemas.RetrieveRequest, request: Request,
                        serving: ServingState = Depends(get_state),
-                       serving_settings: ServerSettings = Depends(get_settings)) -> schemas.RetrieveResponse:
+                       serving_settings: ServerSettings = Depends(get_settings)) -> Response:
         t_arrival = time.monotonic()
         try:
             return await cancel_on_disconnect(request, _retrieve(serving, serving_settings, body, t_arrival))

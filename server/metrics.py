@@ -6,6 +6,8 @@ Names (one prefix ``radgr_``, base units):
   cancelled / invalid);
 - ``radgr_queue_wait_seconds`` — admission to batch start;
 - ``radgr_engine_seconds{phase, engine}`` — engine time per batch and phase (prefill / decode / finalize / total);
+- ``radgr_host_seconds{phase}`` — the server's own work per request around the engine (prompt: building and
+  tokenizing the prompt; response: building the response model from the engine's result);
 - ``radgr_batch_requests`` / ``radgr_batch_beam_rows`` — batch size in requests and in beam rows;
 - ``radgr_queue_requests`` / ``radgr_queue_beam_rows`` / ``radgr_inflight_beam_rows`` — gauges;
 - ``radgr_rejections_total{reason}`` (queue_full / queue_rows_full / queue_wait / draining / not_ready / auth /
@@ -26,6 +28,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25,
     0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 2.0, 5.0, 10.0,
 )
+HOST_BUCKETS_S: tuple[float, ...] = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 BATCH_REQUEST_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 BATCH_ROW_BUCKETS: tuple[float, ...] = (1, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -45,6 +48,8 @@ class ServerMetrics:
                                     buckets=LATENCY_BUCKETS_S, registry=r)
         self.engine_time = Histogram("radgr_engine_seconds", "Engine time per batch and phase.", ["phase", "engine"],
                                      buckets=LATENCY_BUCKETS_S, registry=r)
+        self.host_time = Histogram("radgr_host_seconds", "Server work per request around the engine, by phase.",
+                                   ["phase"], buckets=HOST_BUCKETS_S, registry=r)
         self.batch_requests = Histogram("radgr_batch_requests", "Requests per engine batch.",
                                         buckets=BATCH_REQUEST_BUCKETS, registry=r)
         self.batch_rows = Histogram("radgr_batch_beam_rows", "Beam rows (sum of beam widths) per engine batch.",
@@ -67,6 +72,8 @@ class ServerMetrics:
             self.rejections.labels(reason=reason)
         for reason in ("client_disconnect", "deadline"):
             self.cancellations.labels(reason=reason)
+        for phase in ("prompt", "response"):
+            self.host_time.labels(phase=phase)
 
     def set_build_info(self, *, version: str, engine: str, model: str, prompt_version: str,
                        bundle_format: str) -> None:

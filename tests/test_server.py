@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_bundle_fixtures import make_tiny_bundle
 from test_server_fixtures import GatedEngine, gated_factory, serve_in_thread
 
+from server import schemas
 from server.app import create_app
 from server.schemas import MAX_BEAM_WIDTH, MAX_HISTORY_ITEMS, MAX_QUERY_CHARS, MAX_TOP_K
 from server.settings import ServerSettings
@@ -90,6 +91,9 @@ def test_200_ranked_items_sids_history_and_debug(client: TestClient) -> None:
     assert "<s0_" in body["debug"]["prompt"] and len(body["debug"]["prompt_token_ids"]) > 4
     t = body["timings"]
     assert 0 <= t["queue_seconds"] <= t["total_seconds"] and 0 < t["engine_seconds"] <= t["total_seconds"]
+    # the hand-built JSON is exactly what the documented model holds (no field missing, none extra)
+    model = schemas.RetrieveResponse.model_validate_json(r.content)
+    assert model.model_dump(mode="json") == body and r.headers["content-type"] == "application/json"
 
 
 def test_history_keeps_the_most_recent_up_to_the_cap(client: TestClient) -> None:
@@ -98,6 +102,7 @@ def test_history_keeps_the_most_recent_up_to_the_cap(client: TestClient) -> None
     assert len(body["used_history_item_ids"]) == 50
     assert body["used_history_item_ids"] == history[::-1][:50]
     assert body["debug"] is None and body["sids"][0]["token_ids"] is None
+    assert schemas.RetrieveResponse.model_validate(body).model_dump(mode="json") == body
 
 
 @pytest.mark.parametrize(("payload", "param", "bound"), [
@@ -299,7 +304,7 @@ def test_metrics_parse_and_move(client: TestClient, engine_kind: str) -> None:
     for name in ("radgr_requests", "radgr_request_duration_seconds", "radgr_queue_wait_seconds",
                  "radgr_engine_seconds", "radgr_batch_requests", "radgr_batch_beam_rows", "radgr_queue_requests",
                  "radgr_queue_beam_rows", "radgr_inflight_beam_rows", "radgr_rejections", "radgr_cancellations",
-                 "radgr_invalid_sids", "radgr_build_info"):
+                 "radgr_invalid_sids", "radgr_build_info", "radgr_host_seconds"):
         assert name in families, name
     assert all(name.startswith("radgr_") for name in families)
     buckets = sorted({float(s.labels["le"]) for s in families["radgr_queue_wait_seconds"].samples
@@ -307,6 +312,7 @@ def test_metrics_parse_and_move(client: TestClient, engine_kind: str) -> None:
     assert buckets[0] == 0.005 and 1.0 in buckets and sum(b <= 1.0 for b in buckets) >= 15
     ok_before = _metric(before.text, "radgr_requests_total", {"status": "200"})
     engine_before = _metric(before.text, "radgr_engine_seconds_count", {"phase": "prefill", "engine": engine_kind})
+    host_before = [_metric(before.text, "radgr_host_seconds_count", {"phase": p}) for p in ("prompt", "response")]
     assert client.post("/retrieve", json={"query": "q", "beam_width": 4}).status_code == 200
     assert client.post("/retrieve", json={"query": "q", "beam_width": 999}).status_code == 422
     after = client.get("/metrics").text
@@ -314,6 +320,8 @@ def test_metrics_parse_and_move(client: TestClient, engine_kind: str) -> None:
     assert _metric(after, "radgr_requests_total", {"status": "422"}) >= 1
     assert _metric(after, "radgr_engine_seconds_count", {"phase": "prefill", "engine": engine_kind}) > engine_before
     assert _metric(after, "radgr_invalid_sids_total") == 0
+    assert [_metric(after, "radgr_host_seconds_count", {"phase": p}) for p in ("prompt", "response")] == [
+        n + 1 for n in host_before]  # the 422 never built a prompt
     assert _metric(after, "radgr_build_info", {"engine": engine_kind, "model": "tiny-test"}) == 1
 
 
@@ -333,7 +341,8 @@ def test_client_disconnects_are_dropped_before_the_model(bundle: Path, engine_ki
 
         def impatient(i: int) -> str:
             try:
-                httpx.post(f"{url}/retrieve", json={"query": f"q{i}", "beam_width": 64}, timeout=0.3)
+                # 1 s: long enough to be admitted (then cancelled) even on a loaded machine
+                httpx.post(f"{url}/retrieve", json={"query": f"q{i}", "beam_width": 64}, timeout=1.0)
             except httpx.TimeoutException:
                 return "gave up"
             return "answered"
