@@ -65,7 +65,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sid_index.index import SidIndex
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -203,8 +208,29 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class PhaseCount:
+    """Model FLOPs and ideal bytes of one forward; ``bytes`` is the total, the other three its parts (weights read,
+    KV cache written and read, logits written), 0 where a caller gives only the total."""
+
     flops: float
     bytes: float
+    weight_bytes: float = 0.0
+    kv_bytes: float = 0.0
+    logits_bytes: float = 0.0
+
+
+def preset_shape(preset: str, vocab_size: int, dtype_bytes: int) -> ModelShape:
+    """The counting shape of a :data:`training.model.PRESETS` model with ``vocab_size`` rows (shared with
+    ``benchmarks/report.py``'s roofline)."""
+    from training.model import preset_config
+
+    return ModelShape.from_config(preset_config(preset, vocab_size).to_dict(), dtype_bytes)
+
+
+def request_count(shape: ModelShape, prompt_tokens: int, beam: int, batch: int = 1) -> PhaseCount:
+    """The three forwards of :func:`phase_counts` summed: one beam search over ``batch`` requests."""
+    parts = phase_counts(shape, batch, prompt_tokens, beam).values()
+    return PhaseCount(*(sum(getattr(c, f) for c in parts) for f in
+                        ("flops", "bytes", "weight_bytes", "kv_bytes", "logits_bytes")))
 
 
 def phase_counts(shape: ModelShape, batch: int, prompt_tokens: int, beam: int) -> dict[str, PhaseCount]:
@@ -215,18 +241,21 @@ def phase_counts(shape: ModelShape, batch: int, prompt_tokens: int, beam: int) -
     ancestors, itself); the prompt's KV is read once per request (shared by its beams), then the previous levels'.
     """
     p, w = prompt_tokens, shape.weight_bytes_per_forward
+    kv = 2.0 * batch * p * shape.kv_bytes_per_token
+    logits = batch * shape.vocab * shape.dtype_bytes
     prefill = PhaseCount(
         flops=2.0 * shape.body_params * batch * p + 2.0 * shape.head_params * batch
         + shape.attention_flops(batch * p, (p + 1) / 2),
-        bytes=w + 2.0 * batch * p * shape.kv_bytes_per_token + batch * shape.vocab * shape.dtype_bytes,
+        bytes=w + kv + logits, weight_bytes=w, kv_bytes=kv, logits_bytes=logits,
     )
     counts = {"prefill": prefill}
     for step in (1, 2):
         rows = batch * beam
+        kv = batch * (p + (step - 1) * beam + beam) * shape.kv_bytes_per_token
+        logits = rows * shape.vocab * shape.dtype_bytes
         counts[f"step{step}"] = PhaseCount(
             flops=2.0 * (shape.body_params + shape.head_params) * rows + shape.attention_flops(rows, p + step),
-            bytes=w + batch * (p + (step - 1) * beam + beam) * shape.kv_bytes_per_token
-            + rows * shape.vocab * shape.dtype_bytes,
+            bytes=w + kv + logits, weight_bytes=w, kv_bytes=kv, logits_bytes=logits,
         )
     return counts
 
@@ -364,7 +393,6 @@ def build_bundle(cfg: BenchConfig, work: Path) -> tuple[Path, dict[str, Any]]:
 
     from decoding.bundle import write_bundle
     from decoding.hard_search import QueryCategorizer
-    from sid_index.index import SidIndex
     from training.model import num_parameters, preset_config, save_model_dir
     from training.tokenizer import build_tokenizer
 
@@ -387,14 +415,7 @@ def build_bundle(cfg: BenchConfig, work: Path) -> tuple[Path, dict[str, Any]]:
     log(f"model: {cfg.preset} preset, {params / 1e6:.1f}M parameters, vocab {vocab_size}, {cfg.dtype_name} "
         f"({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
-    space = CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2]
-    keys = np.sort(rng.choice(space, size=cfg.num_sids, replace=False))
-    codes = np.stack([keys // (CODEBOOKS[1] * CODEBOOKS[2]), (keys // CODEBOOKS[2]) % CODEBOOKS[1],
-                      keys % CODEBOOKS[2]], axis=1)
-    categories = ["drill" if r % 2 == 0 else "tape" for r in range(cfg.num_sids)]
-    index = SidIndex.from_codes(item_ids(cfg.num_sids), codes, rng.random(cfg.num_sids) * 10, categories, CODEBOOKS)
-    index_dir = index.save(work / "index")
-    del index
+    index_dir = synthetic_index(cfg.num_sids, rng).save(work / "index")
     log(f"index: {cfg.num_sids:,} SIDs over codebooks {CODEBOOKS}, one item each ({time.perf_counter() - t1:.1f} s)")
     t2 = time.perf_counter()
     cat = QueryCategorizer.fit([("cordless drill", "drill"), ("drill battery", "drill"), ("tape roll", "tape"),
@@ -411,6 +432,21 @@ def build_bundle(cfg: BenchConfig, work: Path) -> tuple[Path, dict[str, Any]]:
 
 def item_ids(n: int) -> list[str]:
     return [f"item{r:07d}" for r in range(n)]
+
+
+def synthetic_index(num_sids: int, rng: np.random.Generator) -> SidIndex:
+    """A :class:`sid_index.index.SidIndex` of ``num_sids`` random unique SIDs over :data:`CODEBOOKS`, one item each
+    (categories drill/tape alternating, random popularity)."""
+    import numpy as np
+
+    from sid_index.index import SidIndex
+
+    space = CODEBOOKS[0] * CODEBOOKS[1] * CODEBOOKS[2]
+    keys = np.sort(rng.choice(space, size=num_sids, replace=False))
+    codes = np.stack([keys // (CODEBOOKS[1] * CODEBOOKS[2]), (keys // CODEBOOKS[2]) % CODEBOOKS[1],
+                      keys % CODEBOOKS[2]], axis=1)
+    categories = ["drill" if r % 2 == 0 else "tape" for r in range(num_sids)]
+    return SidIndex.from_codes(item_ids(num_sids), codes, rng.random(num_sids) * 10, categories, CODEBOOKS)
 
 
 # ---------------------------------------------------------------------------------------------- engine processes
