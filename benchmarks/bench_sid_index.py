@@ -1,12 +1,15 @@
 """OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_sid_index.py [--sizes 100000,1000000] [--codebooks 256,256,256]
-[--out runs/bench_sid_index]
+[--build memory|streamed] [--out runs/bench_sid_index] [--json PATH] [--embed-titles N]
 
 Builds SID indexes for synthetic 384-d embeddings and prints, per catalog size: build time (k-means training,
-assignment, grouping + tries), peak memory of a fresh process doing only that build (max RSS, which counts the
-memory-mapped embeddings' pages, and peak anonymous memory, which does not), index size on disk per SID, load
-time, and lookup throughput: prefix-table gathers (children of random depth-1 / depth-2 prefixes turned into
-boolean masks, vectorised, no per-prefix Python), codes → SID row checks and marisa SID-string → items lookups.
-Writes ``results.json`` and ``results.png`` under ``--out``.
+assignment, grouping + item trie), peak memory of a fresh process doing only that build (max RSS, which counts the
+memory-mapped embeddings' pages, and peak anonymous memory, which does not), index size on disk per SID (and per
+file), load time, and lookup throughput: prefix-table gathers (children of random depth-1 / depth-2 prefixes turned
+into boolean masks, vectorised, no per-prefix Python), codes → SID row checks and SID-string → items lookups.
+``--build memory`` (default) memory-maps the embeddings and calls ``build_index``; ``--build streamed`` calls
+``build_index_streamed`` (the larger-than-memory path: positioned reads in chunks, nothing memory-mapped).
+Writes ``results.json`` and ``results.png`` under ``--out`` (and the same rows to ``--json PATH``).
+``--embed-titles N`` instead times MiniLM on N synthetic product titles in fp32 and bf16 and how many SIDs agree.
 
 Embeddings (see :func:`make_embeddings`) are a clustered Gaussian mixture of low effective rank, like text
 embeddings, written once per size to a ``.npy`` file by a separate process and memory-mapped by the build. Each
@@ -43,16 +46,18 @@ def make_embeddings(path: Path, n: int, seed: int = 0, chunk: int = 100_000, lat
     proj = (rng.normal(size=(latent, DIM)) / np.sqrt(latent)).astype(np.float32)
     p = 1.0 / np.arange(1, 2049) ** 0.7
     p /= p.sum()
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
-    for lo in range(0, n, chunk):
-        m = min(chunk, n - lo)
-        c = rng.choice(2048, size=m, p=p)
-        z = centres[c] + spread[c] * rng.normal(size=(m, latent)).astype(np.float32)
-        x = z @ proj + 0.05 * rng.normal(size=(m, DIM)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[lo : lo + m] = x
-    out.flush()
-    del out
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))  # header (sparse file)
+    offset = int(header.offset)
+    del header
+    with open(path, "r+b") as f:  # plain writes: dirty pages of a memory map would count in this process' RSS
+        f.seek(offset)
+        for lo in range(0, n, chunk):
+            m = min(chunk, n - lo)
+            c = rng.choice(2048, size=m, p=p)
+            z = centres[c] + spread[c] * rng.normal(size=(m, latent)).astype(np.float32)
+            x = z @ proj + 0.05 * rng.normal(size=(m, DIM)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            f.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
 
 
 class AnonPeak:
@@ -109,24 +114,29 @@ def child_gathers_reference(indptr: np.ndarray, codes: np.ndarray, nodes: np.nda
     return mask
 
 
-def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict[str, Any]:
+def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "memory") -> dict[str, Any]:
     """Build one index (in this process) and measure it; returns the result row."""
     from sid_index.build import IndexConfig, build_index, index_stats
     from sid_index.catalog import Catalog
     from sid_index.embeddings import read_embeddings
     from sid_index.index import SidIndex
     from sid_index.rqkmeans import RQKMeansConfig
+    from sid_index.stream_build import build_index_streamed
 
     emb_path = out / f"emb_{n}.npy"  # made by the parent in another process, so its memory is not counted here
     sampler = AnonPeak()
     sampler.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ids = [f"item{i}" for i in range(n)]
-    cat = Catalog(item_ids=ids, titles=ids, brands=[""] * n, categories=[""] * n,
-                  popularity=np.random.default_rng(1).pareto(1.5, size=n))
-    emb = read_embeddings(emb_path, ids, mmap=True)
+    pop = np.random.default_rng(1).pareto(1.5, size=n)
+    cfg = IndexConfig(RQKMeansConfig(codebook_sizes=codebooks, seed=0))
     t0 = time.perf_counter()
-    index = build_index(cat, emb, IndexConfig(RQKMeansConfig(codebook_sizes=codebooks, seed=0)))
+    if build == "streamed":
+        index = build_index_streamed(emb_path, ids, pop, None, cfg, None, show_progress=False)
+    else:
+        cat = Catalog(item_ids=ids, titles=ids, brands=[""] * n, categories=[""] * n, popularity=pop)
+        t0 = time.perf_counter()
+        index = build_index(cat, read_embeddings(emb_path, ids, mmap=True), cfg)
     t_build = time.perf_counter() - t0
     idx_dir = out / f"index_{n}"
     t0 = time.perf_counter()
@@ -139,6 +149,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict[str, Any
     t_load = time.perf_counter() - t0
     stats = index_stats(loaded)
     disk = _dir_bytes(idx_dir)
+    by_file = {p.name: p.stat().st_size for p in sorted(idx_dir.iterdir()) if p.is_file()}
 
     # prefix-table gathers: children of random depth-1 nodes and random depth-2 nodes, 4096 prefixes per call
     t = loaded.tables
@@ -169,12 +180,51 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path) -> dict[str, Any
         "items": n, "codebook_sizes": list(codebooks), "unique_sids": stats["unique_sids"],
         "collision_rate": stats["collision_rate"], "largest_group": stats["largest_group"],
         "utilization": [lv["utilization"] for lv in stats["levels"]],
-        "build_s": t_build, "save_s": t_save, "load_s": t_load,
+        "build": build, "build_s": t_build, "save_s": t_save, "load_s": t_load,
         "peak_rss_mib": peak_rss_mib, "peak_anon_mib": peak_anon_mib, "rss_before_build_mib": rss_before,
         "embeddings_file_mib": emb_path.stat().st_size / 2**20,
         "disk_bytes": disk, "disk_bytes_per_sid": disk / stats["unique_sids"],
+        "disk_bytes_per_sid_by_file": {k: v / stats["unique_sids"] for k, v in by_file.items()},
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), **res_lookup,
     }
+
+
+def embed_speed(n: int, codebooks: tuple[int, int, int]) -> dict[str, Any]:
+    """MiniLM on ``n`` synthetic product titles in fp32 and bf16 (seconds per 1,000 titles, after a warm-up batch),
+    the cosine between the two, the share of items whose SID is the same under codebooks trained on the fp32
+    vectors, and the unique SIDs of an index built from each (codebooks capped at n / 8 per level)."""
+    from sid_index.build import IndexConfig, build_index
+    from sid_index.catalog import Catalog
+    from sid_index.embeddings import bf16_supported, encode_texts
+    from sid_index.rqkmeans import RQKMeansConfig, assign_codes, train_codebooks
+
+    rng = np.random.default_rng(3)
+    words = ["cordless", "drill", "steel", "hammer", "blue", "pack", "inch", "set", "LED", "lamp", "cable", "USB",
+             "glove", "nitrile", "large", "filament", "PLA", "black", "kit", "tool", "saw", "blade", "brass", "hose"]
+    titles = [" ".join(rng.choice(words, size=int(rng.integers(4, 12)))) + f" {i % 97}" for i in range(n)]
+    res: dict[str, Any] = {"titles": n, "bf16_supported": bf16_supported()}
+    embs = {}
+    for dtype in ("float32", "bfloat16"):
+        encode_texts(titles[:64], dtype=dtype, show_progress=False)  # load + warm-up
+        t0 = time.perf_counter()
+        embs[dtype] = encode_texts(titles, dtype=dtype, show_progress=False)
+        res[f"{dtype}_s_per_1000"] = (time.perf_counter() - t0) / n * 1000
+    res["speedup_bf16"] = res["float32_s_per_1000"] / res["bfloat16_s_per_1000"]
+    res["cosine_min"] = float((embs["float32"] * embs["bfloat16"]).sum(1).min())
+    cb = tuple(min(k, max(2, n // 8)) for k in codebooks)
+    rq = RQKMeansConfig(codebook_sizes=(cb[0], cb[1], cb[2]), seed=0)
+    res["codebooks"] = list(cb)
+    # SID agreement under the same (fp32-trained) codebooks: what bf16's rounding alone moves
+    books = train_codebooks(embs["float32"], rq)
+    same = np.all(assign_codes(embs["float32"], books) == assign_codes(embs["bfloat16"], books), axis=1)
+    res["same_sid_share_fp32_codebooks"] = float(same.mean())
+    # and each precision indexed on its own: k-means labels differ, so compare the index quality, not the labels
+    ids = [str(i) for i in range(n)]
+    cat = Catalog(ids, titles, [""] * n, [""] * n, np.ones(n))
+    for d in ("float32", "bfloat16"):
+        res[f"unique_sids_{d}"] = build_index(cat, embs[d], IndexConfig(rq)).num_sids
+    res["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    return res
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -211,6 +261,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--codebooks", default="256,256,256")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sid_index")
+    ap.add_argument("--build", choices=("memory", "streamed"), default="memory",
+                    help="memory: memory-mapped embeddings, build_index; streamed: build_index_streamed")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result rows to this JSON file")
+    ap.add_argument("--embed-titles", type=int, default=None,
+                    help="time MiniLM fp32 vs bf16 on this many synthetic titles instead of building indexes")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--gen", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -223,7 +278,14 @@ def main() -> None:
     if args.gen is None:
         args.out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, cb, args.out)))
+        print(json.dumps(run_one(args.one, cb, args.out, args.build)))
+        return
+    if args.embed_titles is not None:
+        result = embed_speed(args.embed_titles, cb)
+        (args.out / "embed.json").write_text(json.dumps(result, indent=2))
+        if args.json is not None:
+            args.json.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
         return
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -233,16 +295,19 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--gen", str(n), "--out", str(tmp)], check=True)
             tmp.replace(emb_path)
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--codebooks", args.codebooks,
-                               "--out", str(args.out)], check=True, capture_output=True, text=True)
+                               "--out", str(args.out), "--build", args.build], check=True, capture_output=True,
+                              text=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  build {r['build_s']:7.1f} s  "
+        print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  {r['build']} build {r['build_s']:7.1f} s  "
               f"peak RSS {r['peak_rss_mib']:6.0f} MiB (anon {r['peak_anon_mib']:5.0f})  "
               f"disk {r['disk_bytes_per_sid']:5.0f} B/SID  "
               f"load {r['load_s']:5.2f} s  depth-1 {r['prefix_depth1_per_s'] / 1e6:5.2f} M/s  "
               f"depth-2 {r['prefix_depth2_per_s'] / 1e6:5.2f} M/s  SID→items {r['sid_string_to_items_per_s']:,.0f}/s",
               flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
     plot(rows, args.out / "results.png")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
 

@@ -9,7 +9,8 @@ Contract:
   training sample (the same seeded rows :func:`~sid_index.rqkmeans.train_codebooks` uses), fits the codebooks on
   it, then reads the file ``chunk_rows`` rows at a time, checks them (NaN/inf names the row and item id) and assigns
   their codes (int32 ``[n, 3]`` kept in memory), groups the codes into a :class:`~sid_index.index.SidIndex` and
-  writes it to ``out_dir`` (``save``: atomic; item ids compressed in chunks), with a progress bar. Same SIDs as
+  writes it to ``out_dir`` unless that is ``None`` (``save``: atomic; item ids compressed in chunks), with a
+  progress bar. Same SIDs as
   :func:`~sid_index.build.build_index` on the same embeddings, config and seed (a test checks it).
 - Memory: the sample, one chunk, the codes and the per-item metadata the index holds (ids, popularity,
   categories, grouping arrays: about 100 bytes per item at 10M items), never the ``[n, d]`` embeddings.
@@ -106,7 +107,7 @@ def build_index_streamed(
     popularity: np.ndarray,
     categories: list[str] | None,
     cfg: IndexConfig,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None,
     *,
     chunk_rows: int = 262_144,
     provenance: Mapping[str, Any] | None = None,
@@ -119,6 +120,8 @@ def build_index_streamed(
 
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, given {chunk_rows}")
+    if cfg.unique_sids:
+        raise ValueError("unique_sids resolves collisions over all embeddings in memory: use build_index")
     with NpyRows(embeddings_path) as src:
         n, d = src.shape
         if n != len(item_ids):
@@ -143,6 +146,7 @@ def build_index_streamed(
     config = {"index": cfg.to_dict(), "embedding_dim": d, "streamed": True, **(provenance or {})}
     index = SidIndex.from_codes(item_ids, codes, popularity, categories, cfg.codebook_sizes, config=config)
     del codes
-    index.save(out_dir, extra_json=extra_json)
+    if out_dir is not None:
+        index.save(out_dir, extra_json=extra_json)
     log.info("streamed index: %d items, %d SIDs -> %s", n, index.num_sids, out_dir)
     return index
