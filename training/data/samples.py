@@ -1,6 +1,10 @@
 """Training samples from sessions and a SID index (docs/data.md "Samples"), streamed batch by batch.
 
 Contract of :func:`build_samples` (one sample per session that has a positive known to the index):
+- Input: one sessions Parquet file, or a partitioned dataset directory (every ``*.parquet`` under it, in sorted
+  relative-path order: :func:`session_files`). Its passes are functions a sharded build reuses
+  (:mod:`training.data.shards`): :func:`fit_categorizer`, :func:`write_samples`, and the statistics of
+  :mod:`training.data.sample_stats`.
 - Split: ``"day"`` — the last day in the file is ``test``, every earlier day ``train``; ``"file"`` — a CSV
   ``session_id,split`` (``train``/``test``) names each session's split, sessions it does not name are skipped.
 - Pass 1 fits the :class:`~decoding.hard_search.QueryCategorizer` on the *train* sessions' (query, category of the
@@ -14,7 +18,7 @@ Contract of :func:`build_samples` (one sample per session that has a positive kn
   SID (the candidate sequences would be identical). Fewer than N only when the pool runs out.
 - ``negative_relevant`` is the truth (negative ∈ the session's ``relevant``) when the sessions carry it, else null.
 - Writes ``train.parquet``, ``test.parquet``, ``stats.json`` and ``query_categorizer.json`` into the output
-  directory, each atomically; returns the statistics (see :func:`_finish_stats` for the keys).
+  directory, each atomically; returns the statistics (see :mod:`training.data.sample_stats` for the keys).
 
 The rows' format (Arrow schema, :class:`~training.data.sample_format.Sample`, reader, writer) is
 :mod:`training.data.sample_format`.
@@ -37,11 +41,11 @@ import pyarrow.parquet as pq
 
 from decoding.hard_search import QueryCategorizer
 from decoding.prompt import PROMPT_VERSION
-from decoding.request_prompt import PromptBuild, PromptBuilder, PromptConfig, prompt_for_request
+from decoding.request_prompt import PromptBuilder, PromptConfig, prompt_for_request
 from sid_index.atomic_files import write_json_atomic
 from sid_index.index import SidIndex
-from sid_index.tokens import shared_prefix_len
 from training.data.sample_format import SPLITS, Sample, SampleWriter
+from training.data.sample_stats import count_sample, samples_stats
 from training.data.schema import DEFAULT_BATCH_SIZE, Session, iter_session_batches, last_day, sessions_have_truth
 
 logger = logging.getLogger(__name__)
@@ -146,30 +150,6 @@ def _codes(index: SidIndex, item: str) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def _count_sample(c: Counter[str], sample: Sample, cfg: SampleConfig, n_exp: int, dropped: int,
-                  build: PromptBuild) -> None:
-    """Add one sample to the counters that :func:`_finish_stats` turns into ratios. ``n_exp`` of its negatives came
-    from the exposure; each (y*, negative) pair is counted under ``all`` and under ``exposed`` or ``random``."""
-    c["samples"] += 1
-    c["positives"] += len(sample.positive_items)
-    c["negatives"] += len(sample.negative_items)
-    c["from_exposure"] += n_exp
-    c["short_negatives"] += int(len(sample.negative_items) < cfg.num_negatives)
-    c["history_used"] += len(build.used_item_ids)
-    c["history_unknown"] += len(build.unknown_item_ids)
-    c["same_sid_dropped"] += dropped
-    neg_rel = sample.negative_relevant
-    for j, codes in enumerate(sample.negative_codes):
-        p = shared_prefix_len(sample.top_codes, codes)
-        for group in ("all", "exposed" if j < n_exp else "random"):
-            c[f"{group}_pairs"] += 1
-            c[f"{group}_share1"] += int(p >= 1)
-            c[f"{group}_share2"] += int(p >= 2)
-            if neg_rel is not None:
-                c[f"{group}_truth_negatives"] += 1
-                c[f"{group}_relevant_negatives"] += int(neg_rel[j])
-
-
 def build_sample(
     session: Session, split: str, index: SidIndex, categorizer: QueryCategorizer | None, cfg: SampleConfig,
     counters: Counter[str] | None = None, pool_rows: np.ndarray | None = None, prompts: PromptBuilder | None = None,
@@ -195,7 +175,7 @@ def build_sample(
         relevant_items=tuple(session.relevant or ()), relevant_grades=tuple(session.relevant_grades or ()),
     )
     if counters is not None:
-        _count_sample(counters, sample, cfg, n_exp, dropped, build)
+        count_sample(counters, sample, cfg.num_negatives, n_exp, dropped, build)
     return sample
 
 
@@ -250,32 +230,105 @@ def fit_categorizer_from_sessions(
     return cat, used
 
 
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
+def session_files(sessions_path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of a sessions input: the file itself, or every ``*.parquet`` under a directory (a
+    partitioned dataset, e.g. ``day=3/part-0.parquet``), sorted by relative path: that order is the dataset's."""
+    path = Path(sessions_path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"), key=lambda f: f.relative_to(path).as_posix())
+        if not files:
+            raise ValueError(f"sessions directory {str(path)!r} holds no *.parquet file")
+        return files
+    return [path]
 
 
-def _finish_stats(c: Counter[str]) -> dict[str, Any]:
-    """Per-split statistics: samples, positives/negatives per sample, shared-prefix shares, truth."""
-    return {
-        "samples": c["samples"],
-        "positives_per_sample": _ratio(c["positives"], c["samples"]),
-        "negatives_per_sample": _ratio(c["negatives"], c["samples"]),
-        "negatives_from_exposure_share": _ratio(c["from_exposure"], c["negatives"]),
-        "samples_short_of_negatives": c["short_negatives"],
-        "pairs_top_positive_negative": c["all_pairs"],
-        "share_first_token": _ratio(c["all_share1"], c["all_pairs"]),
-        "share_first_two_tokens": _ratio(c["all_share2"], c["all_pairs"]),
-        "share_first_token_exposed_negatives": _ratio(c["exposed_share1"], c["exposed_pairs"]),
-        "share_first_two_tokens_exposed_negatives": _ratio(c["exposed_share2"], c["exposed_pairs"]),
-        "share_first_token_random_negatives": _ratio(c["random_share1"], c["random_pairs"]),
-        "share_first_two_tokens_random_negatives": _ratio(c["random_share2"], c["random_pairs"]),
-        "negatives_truly_relevant": _ratio(c["all_relevant_negatives"], c["all_truth_negatives"]),
-        "exposed_negatives_truly_relevant": _ratio(c["exposed_relevant_negatives"], c["exposed_truth_negatives"]),
-        "history_items_in_prompt_per_sample": _ratio(c["history_used"], c["samples"]),
-        "history_items_unknown_to_index": c["history_unknown"],
-        "negatives_dropped_same_sid": c["same_sid_dropped"],
-        "categorizer_accuracy": _ratio(c["categorized_right"], c["categorized"]),
-    }
+def dataset_facts(files: Sequence[Path]) -> tuple[int, bool]:
+    """(last day over every file, whether the sessions carry truth); every file must agree on the truth columns."""
+    days = [d for d in (last_day(f) for f in files) if d is not None]
+    if not days:
+        raise ValueError(f"sessions {', '.join(str(f) for f in files[:3])} hold no session")
+    truths = {sessions_have_truth(f) for f in files}
+    if len(truths) > 1:
+        raise ValueError("sessions files disagree: some carry the truth columns, some do not")
+    return max(days), truths.pop()
+
+
+def fit_categorizer(files: Sequence[Path], index: SidIndex, cfg: SampleConfig, final_day: int,
+                    split_map: dict[str, str] | None) -> tuple[QueryCategorizer, int]:
+    """:func:`fit_categorizer_from_sessions` over several files, counts summed (:func:`merge_categorizers`)."""
+    fits = [fit_categorizer_from_sessions(f, index, cfg, final_day, split_map) for f in files]
+    return merge_categorizers([c for c, _ in fits]), sum(n for _, n in fits)
+
+
+def merge_categorizers(parts: Sequence[QueryCategorizer]) -> QueryCategorizer:
+    """One categorizer whose counts are the sums of ``parts``' (naive Bayes counts add: the same predictions as a
+    categorizer fitted on all their pairs)."""
+    out = QueryCategorizer()
+    for part in parts:
+        for cat, n in part.class_counts.items():
+            out.class_counts[cat] = out.class_counts.get(cat, 0) + n
+        for cat, words in part.word_counts.items():
+            wc = out.word_counts.setdefault(cat, {})
+            for w, n in words.items():
+                wc[w] = wc.get(w, 0) + n
+    return out
+
+
+def pool_rows_of(index: SidIndex, pool_item_ids: Sequence[str] | None) -> np.ndarray | None:
+    """Index rows of the random-negative pool (ids missing from the index ignored); None for the whole catalog."""
+    if pool_item_ids is None:
+        return None
+    rows = [index.item_row(i) for i in pool_item_ids]
+    pool_rows = np.asarray(sorted({r for r in rows if r is not None}), dtype=np.int64)
+    if len(pool_rows) == 0:
+        raise ValueError("pool_item_ids: none of the catalog's items is in the index")
+    return pool_rows
+
+
+def write_samples(
+    files: Sequence[Path], index: SidIndex, out: Path, cfg: SampleConfig, categorizer: QueryCategorizer,
+    final_day: int, split_map: dict[str, str] | None = None, pool_rows: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Counter[str]]:
+    """Pass 2 over ``files`` in order: ``out/train.parquet`` and ``out/test.parquet`` (atomic), and the counters
+    ``{"train": ..., "test": ..., "run": sessions / skipped_no_positive / skipped_no_split}`` (they add across
+    shards; :func:`training.data.sample_stats.samples_stats` turns them into the statistics)."""
+    use_cat = categorizer if cfg.prompt.hard_search else None
+    prompts = PromptBuilder(index, use_cat, cfg.prompt)
+    counters: dict[str, Counter[str]] = {s: Counter() for s in (*SPLITS, "run")}
+    run = counters["run"]
+    writers = {s: SampleWriter(out / f"{s}.parquet") for s in SPLITS}
+    predicted: dict[str, str | None] = {}  # query → predicted category, for the accuracy statistic
+    ok = False
+    try:
+        for path in files:
+            for batch in iter_session_batches(path, cfg.batch_size):
+                for s in batch:
+                    run["sessions"] += 1
+                    split = _split_of(s, cfg, final_day, split_map)
+                    if split is None:
+                        run["skipped_no_split"] += 1
+                        continue
+                    sample = build_sample(s, split, index, use_cat, cfg, counters[split], pool_rows, prompts)
+                    if sample is None:
+                        run["skipped_no_positive"] += 1
+                        continue
+                    writers[split].add(sample, cfg.batch_size)
+                    top_row = index.item_row(sample.positive_items[sample.top_index])
+                    top_category = index.item_category[top_row] if top_row is not None else ""
+                    if s.query and top_category:
+                        guess = predicted[s.query] if s.query in predicted else categorizer.predict(s.query)
+                        if len(predicted) < 100_000:  # bounded cache
+                            predicted[s.query] = guess
+                        counters[split]["categorized"] += 1
+                        counters[split]["categorized_right"] += int(guess == top_category)
+                if progress is not None:
+                    progress(len(batch))
+        ok = True
+    finally:
+        for w in writers.values():
+            w.close(ok)
+    return counters
 
 
 def build_samples(
@@ -283,78 +336,23 @@ def build_samples(
     split_map: dict[str, str] | None = None, pool_item_ids: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Build samples (module docstring); returns the statistics also written to ``stats.json``.
+    """Build samples (module docstring) in one job; returns the statistics also written to ``stats.json``.
 
-    ``pool_item_ids`` restricts random negatives to those catalog items (ids missing from the index are ignored).
+    ``sessions_path`` is a Parquet file or a partitioned dataset directory (:func:`session_files`; the sharded
+    build of :mod:`training.data.shards` gives the same output). ``pool_item_ids`` restricts random negatives to
+    those catalog items (ids missing from the index are ignored).
     """
     if cfg.split == "file" and split_map is None:
         raise ValueError("SampleConfig.split is 'file' but no split_map was given")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final_day = last_day(sessions_path)
-    if final_day is None:
-        raise ValueError(f"sessions file {str(sessions_path)!r} holds no session")
-    truth = sessions_have_truth(sessions_path)
-    categorizer, cat_pairs = fit_categorizer_from_sessions(sessions_path, index, cfg, final_day, split_map)
-    pool_rows = None
-    if pool_item_ids is not None:
-        rows = [index.item_row(i) for i in pool_item_ids]
-        pool_rows = np.asarray(sorted({r for r in rows if r is not None}), dtype=np.int64)
-        if len(pool_rows) == 0:
-            raise ValueError("pool_item_ids: none of the catalog's items is in the index")
-    use_cat = categorizer if cfg.prompt.hard_search else None
-    prompts = PromptBuilder(index, use_cat, cfg.prompt)
-    counters: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
-    writers = {s: SampleWriter(out / f"{s}.parquet") for s in SPLITS}
-    sessions = skipped_no_positive = skipped_no_split = 0
-    predicted: dict[str, str | None] = {}  # query → predicted category, for the accuracy statistic
-    ok = False
-    try:
-        for batch in iter_session_batches(sessions_path, cfg.batch_size):
-            for s in batch:
-                sessions += 1
-                split = _split_of(s, cfg, final_day, split_map)
-                if split is None:
-                    skipped_no_split += 1
-                    continue
-                sample = build_sample(s, split, index, use_cat, cfg, counters[split], pool_rows, prompts)
-                if sample is None:
-                    skipped_no_positive += 1
-                    continue
-                writers[split].add(sample, cfg.batch_size)
-                top_row = index.item_row(sample.positive_items[sample.top_index])
-                top_category = index.item_category[top_row] if top_row is not None else ""
-                if s.query and top_category:
-                    guess = predicted[s.query] if s.query in predicted else categorizer.predict(s.query)
-                    if len(predicted) < 100_000:  # bounded cache
-                        predicted[s.query] = guess
-                    counters[split]["categorized"] += 1
-                    counters[split]["categorized_right"] += int(guess == top_category)
-            if progress is not None:
-                progress(len(batch))
-        ok = True
-    finally:
-        for w in writers.values():
-            w.close(ok)
+    files = session_files(sessions_path)
+    final_day, truth = dataset_facts(files)
+    categorizer, cat_pairs = fit_categorizer(files, index, cfg, final_day, split_map)
+    counters = write_samples(files, index, out, cfg, categorizer, final_day, split_map,
+                             pool_rows_of(index, pool_item_ids), progress)
     categorizer.save(out / "query_categorizer.json")
-    stats: dict[str, Any] = {
-        "sessions": sessions,
-        "skipped_no_positive_in_index": skipped_no_positive,
-        "skipped_no_split": skipped_no_split,
-        "split": cfg.split,
-        "last_day": final_day if cfg.split == "day" else None,
-        "ground_truth": truth,
-        "prompt_version": PROMPT_VERSION,
-        "num_negatives": cfg.num_negatives,
-        "max_history": cfg.prompt.max_history,
-        "hard_search": cfg.prompt.hard_search,
-        "exclude_same_sid": cfg.exclude_same_sid,
-        "seed": cfg.seed,
-        "categorizer_categories": len(categorizer.categories),
-        "categorizer_train_pairs": cat_pairs,
-        "all": _finish_stats(counters["train"] + counters["test"]),
-        **{s: _finish_stats(counters[s]) for s in SPLITS},
-    }
+    stats = samples_stats(counters, cfg, final_day, truth, categorizer, cat_pairs)
     write_json_atomic(out / "stats.json", stats, sort_keys=False)
     logger.info("wrote %d train and %d test samples to %s", counters["train"]["samples"], counters["test"]["samples"],
                 out)
