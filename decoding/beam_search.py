@@ -9,11 +9,12 @@ Contract — :func:`beam_search` decodes ``R`` prompts at once, request ``r`` at
    padding), its own ancestors and itself, never another beam; every token of a level shares one position id
    (``len(prompt) + level``). The cache grows by ``Bmax`` keys per step (``P + 2·Bmax`` at the end) and is dropped.
    Step 1 feeds the level-0 tokens (logits → level 1), step 2 the level-1 tokens (logits → level 2).
-3. **Selection** at each level (pure tensor ops, no Python per beam or per token):
-   - *constrained*: a beam carries its trie node; its children come from :class:`PrefixTables` by a CSR
-     expansion (``repeat_interleave`` over child counts, then gathers); candidate score = beam score + the child's
-     token log-prob, log-softmax over the **full** vocabulary, other tokens masked, never renormalised;
-     per request the best ``B_r`` candidates survive (segmented top-k). The last level's node is the SID row.
+3. **Selection** at each level (:mod:`decoding.beam_select`; pure tensor ops, no Python per beam or per token,
+   static shapes, no host synchronisation):
+   - *constrained*: a beam carries its trie node; one gather of the nodes' rows of a dense ``allowed`` table masks
+     the level's codes (the trie mask), candidate score = beam score + the child's token log-prob, log-softmax
+     over the **full** vocabulary, other tokens masked, never renormalised; per request one top-k over the
+     flattened ``[Bcur · W]`` candidates keeps the best ``B_r``. A dense ``child`` table gives the next node.
    - *unconstrained* (hallucination measurement): the same beam search with no trie — every token of the full
      vocabulary is a candidate at every level. A SID is valid iff token ``l`` is a level-``l`` SID token for every
      ``l`` **and** those codes are in the trie; any other token (EOS, a word, a wrong-level SID token) makes the
@@ -22,72 +23,51 @@ Contract — :func:`beam_search` decodes ``R`` prompts at once, request ``r`` at
 4. Output per request: up to ``B_r`` SIDs (fewer only when fewer valid paths exist), scores descending.
 
 A SID's score is therefore exactly its teacher-forced log-probability ``Σ_l log p(t_l | prompt, t_<l)``;
-:func:`teacher_forced_sid_scores` is the slow, obviously-correct reference (one full forward per SID).
+:func:`teacher_forced_sid_scores` is the slow, obviously-correct reference (one full forward per SID), and
+:func:`decoding.beam_select.select_constrained_csr` the reference of one constrained level.
 Results for one request do not depend on its batch mates (up to float rounding from padding shapes).
+
+Host synchronisation: the prefill and the loop (:func:`decode_levels`) never read a tensor value on the host
+(no ``.item()``/``.tolist()``, no value-dependent shape), so on CUDA the whole search is queued without waiting
+and the two decode steps can be captured as a CUDA graph (:mod:`decoding.cuda_graphs`). ``BeamOutput.timings`` are
+host wall-clock laps (:class:`PhaseClock`): on CUDA they measure queueing unless ``sync_timings=True``, which
+synchronises at each lap (for profiling only).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from decoding.beam_select import (
+    NEG_INF,
+    TrieTensors,
+    constrained_candidates,
+    csr_expand,
+    pick_constrained,
+    segmented_topk,
+    select_unconstrained,
+)
 from decoding.engine import MAX_BEAM_WIDTH
 from decoding.sid_vocab import SidVocab
-from sid_index.prefix_tables import PrefixTables
 from sid_index.tokens import NUM_LEVELS
 
-NEG_INF = float("-inf")
+# re-exported: the pure pieces' historical home
+__all__ = ["NEG_INF", "BeamOutput", "PhaseClock", "StepRunner", "TrieTensors", "beam_search", "csr_expand",
+           "decode_levels", "left_pad", "prefill_mask", "segmented_topk", "teacher_forced_sid_scores", "tree_step_mask"]
 
+# decode steps after the prefill: (cache, logits, pad, lengths, widths, bmax, constrained) -> (tokens, scores)
+StepRunner = Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool],
+                      tuple[torch.Tensor, torch.Tensor]]
 
-@dataclass(frozen=True)
-class TrieTensors:
-    """:class:`PrefixTables` as torch tensors, one (indptr, codes) pair per level, plus a vectorised SID lookup.
-
-    ``indptr[0]`` is ``[0, n0]`` (the root is node 0 at depth 0), ``indptr[1] = l1_indptr``,
-    ``indptr[2] = l2_indptr``; ``codes[l]`` are the level-``l`` codes of the depth-``l+1`` nodes.
-    ``sid_keys`` ``[S]`` is ``(c0·M1 + c1)·M2 + c2`` of every SID in row order (sorted, so ``searchsorted`` finds rows).
-    """
-
-    indptr: tuple[torch.Tensor, ...]
-    codes: tuple[torch.Tensor, ...]
-    sid_keys: torch.Tensor
-    key_radix: tuple[int, int]
-
-    @property
-    def num_sids(self) -> int:
-        return int(self.codes[-1].shape[0])
-
-    @staticmethod
-    def from_tables(tables: PrefixTables, device: torch.device | str = "cpu") -> TrieTensors:
-        n0 = int(tables.level0.shape[0])
-        indptr = (np.asarray([0, n0], dtype=np.int64), tables.l1_indptr, tables.l2_indptr)
-        codes = (tables.level0, tables.l1_codes, tables.l2_codes)
-        # every SID's codes in row order, rebuilt from the CSR arrays (vectorised)
-        node2_of_sid = np.repeat(np.arange(tables.l1_codes.shape[0]), np.diff(tables.l2_indptr))
-        node1_of_node2 = np.repeat(np.arange(n0), np.diff(tables.l1_indptr))
-        m1 = int(tables.l1_codes.max()) + 1
-        m2 = int(tables.l2_codes.max()) + 1
-        keys = (tables.level0[node1_of_node2[node2_of_sid]] * m1 + tables.l1_codes[node2_of_sid]) * m2 + tables.l2_codes
-        return TrieTensors(
-            indptr=tuple(torch.as_tensor(a, dtype=torch.long, device=device) for a in indptr),
-            codes=tuple(torch.as_tensor(a, dtype=torch.long, device=device) for a in codes),
-            sid_keys=torch.as_tensor(keys, dtype=torch.long, device=device),
-            key_radix=(m1, m2),
-        )
-
-    def sid_rows(self, codes: torch.Tensor) -> torch.Tensor:
-        """Rows of SIDs given as codes ``[..., 3]`` (``-1`` = not a SID token); ``-1`` where not a valid SID."""
-        m1, m2 = self.key_radix
-        in_range = (codes >= 0).all(-1) & (codes[..., 1] < m1) & (codes[..., 2] < m2)
-        keys = (codes[..., 0] * m1 + codes[..., 1]) * m2 + codes[..., 2]
-        pos = torch.searchsorted(self.sid_keys, keys.clamp_min(0)).clamp_max(self.sid_keys.shape[0] - 1)
-        found = in_range & (self.sid_keys[pos] == keys)
-        return torch.where(found, pos, torch.full_like(pos, -1))
+# phases of BeamOutput.timings; "decode" and "masking" are the historical totals (sums of the fine phases)
+DECODE_PHASES = ("lse", "step1", "step2")
+MASKING_PHASES = ("prefill_inputs", "trie_mask", "topk", "attn_mask", "final")
 
 
 @dataclass(frozen=True)
@@ -96,9 +76,12 @@ class BeamOutput:
 
     ``token_ids`` ``[R, Bmax, 3]``, ``codes`` ``[R, Bmax, 3]`` (``-1`` where a token is not a SID token of its level),
     ``scores`` ``[R, Bmax]`` float32 descending per row, ``sid_rows`` ``[R, Bmax]`` (``-1`` = invalid or empty),
-    ``counts`` ``[R]``. ``timings``: seconds for ``prefill`` (prompt forward), ``decode`` (the two beam forwards
-    and the full-vocabulary log-softmax normalisers), ``masking`` (trie expansion, top-k selection and
-    attention-mask building, all levels).
+    ``counts`` ``[R]``. ``timings`` (seconds): ``prefill_inputs`` (padding, prefill mask, positions), ``prefill``
+    (prompt forward), ``lse`` (full-vocabulary log-softmax normalisers, all levels), ``trie_mask`` (gather of allowed
+    rows + masked fill, all levels), ``topk`` (per-request top-k and beam bookkeeping), ``attn_mask`` (tree masks,
+    fed tokens, positions), ``step1``/``step2`` (the two beam forwards), ``final`` (codes, SID rows, counts); and the
+    historical totals ``decode`` = lse + step1 + step2, ``masking`` = the rest outside the forwards; each fine
+    phase again as ``cpu_<phase>`` in this thread's CPU seconds (see :class:`PhaseClock`).
     """
 
     token_ids: torch.Tensor
@@ -109,53 +92,34 @@ class BeamOutput:
     timings: dict[str, float]
 
 
+@dataclass
+class PhaseClock:
+    """Wall-clock laps by phase name (and this thread's CPU time per phase in ``cpu_laps``, which preemption by
+    other processes does not inflate); ``sync`` (a CUDA device) synchronises before each lap (profiling only)."""
+
+    sync: torch.device | None = None
+    laps: dict[str, float] = field(default_factory=dict)
+    cpu_laps: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+    _last_cpu: float = field(default_factory=time.thread_time)
+
+    def lap(self, name: str) -> None:
+        if self.sync is not None:
+            torch.cuda.synchronize(self.sync)
+        now, cpu = time.perf_counter(), time.thread_time()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self.cpu_laps[name] = self.cpu_laps.get(name, 0.0) + cpu - self._last_cpu
+        self._last, self._last_cpu = now, cpu
+
+    def timings(self) -> dict[str, float]:
+        out = {k: self.laps.get(k, 0.0) for k in ("prefill", *DECODE_PHASES, *MASKING_PHASES)}
+        out["decode"] = sum(out[k] for k in DECODE_PHASES)
+        out["masking"] = sum(out[k] for k in MASKING_PHASES)
+        out.update({f"cpu_{k}": v for k, v in self.cpu_laps.items()})
+        return out
+
+
 # ----------------------------------------------------------------------------------------------- pure pieces
-
-
-def csr_expand(
-    indptr: torch.Tensor, nodes: torch.Tensor, live: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Children of every live beam, beams in order. ``nodes``/``live`` ``[N]`` → ``(beam [T], child [T], counts [N])``.
-
-    ``child`` indexes the next level's node arrays; ``beam`` is the position in ``nodes`` it came from;
-    ``counts[i]`` is how many children beam ``i`` contributed (0 when not live).
-    """
-    safe = torch.where(live, nodes, torch.zeros_like(nodes))
-    start = indptr.index_select(0, safe)
-    counts = torch.where(live, indptr.index_select(0, safe + 1) - start, torch.zeros_like(start))
-    beam = torch.repeat_interleave(counts)  # beam i repeated counts[i] times
-    first = torch.cumsum(counts, 0) - counts  # first candidate index of each beam
-    child = torch.arange(beam.shape[0], device=nodes.device) + (start - first).index_select(0, beam)
-    return beam, child, counts
-
-
-def segmented_topk(
-    scores: torch.Tensor, sizes: torch.Tensor, widths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``widths[r]`` entries of each segment; ``scores`` ``[T]`` holds segment 0, then 1, … (``sizes`` ``[R]``).
-
-    Returns ``(values [R, k], index [R, k])``, ``k = max(widths)``, descending per row; ``index`` is into ``scores``,
-    ``values`` is ``-inf`` (and ``index`` 0) in slots past the segment's size or past ``widths[r]``.
-    """
-    n_seg = sizes.shape[0]
-    k_max = int(widths.max())
-    width = max(int(sizes.max()), 1)
-    starts = torch.cumsum(sizes, 0) - sizes
-    # scatter into a dense [R, width] block (-inf padding), then one top-k per row
-    shift = torch.arange(n_seg, device=scores.device) * width - starts
-    flat = torch.arange(scores.shape[0], device=scores.device) + torch.repeat_interleave(shift, sizes)
-    dense = torch.full((n_seg * width,), NEG_INF, dtype=scores.dtype, device=scores.device)
-    dense = dense.scatter_(0, flat, scores).view(n_seg, width)
-    k = min(k_max, width)
-    vals, idx = torch.topk(dense, k, dim=1, sorted=True)
-    if k < k_max:  # fewer candidates than slots: pad
-        vals = torch.cat([vals, vals.new_full((n_seg, k_max - k), NEG_INF)], 1)
-        idx = torch.cat([idx, idx.new_zeros((n_seg, k_max - k))], 1)
-    slot = torch.arange(k_max, device=scores.device)
-    keep = (slot[None, :] < widths[:, None]) & torch.isfinite(vals)
-    vals = torch.where(keep, vals, torch.full_like(vals, NEG_INF))
-    index = torch.where(keep, starts[:, None] + idx, torch.zeros_like(idx))
-    return vals, index
 
 
 def prefill_mask(pad: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -178,16 +142,12 @@ def tree_step_mask(pad: torch.Tensor, prompt_len: int, ancestors: torch.Tensor, 
     ``P + l·Bmax + slot``). A beam token sees the real prompt keys, its ancestors and itself.
     """
     r, bmax, depth = ancestors.shape
-    total = prompt_len + (depth + 1) * bmax
-    allowed = torch.zeros((r, bmax, total), dtype=torch.bool, device=pad.device)
-    cols = torch.arange(prompt_len, device=pad.device)
-    allowed[:, :, :prompt_len] = (cols[None, :] >= pad[:, None])[:, None, :]
-    rows_r = torch.arange(r, device=pad.device)[:, None].expand(r, bmax)
-    rows_b = torch.arange(bmax, device=pad.device)[None, :].expand(r, bmax)
-    for level in range(depth):  # at most 2 levels: a loop over SID levels, not over beams
-        allowed[rows_r, rows_b, prompt_len + level * bmax + ancestors[:, :, level]] = True
-    allowed[rows_r, rows_b, prompt_len + depth * bmax + rows_b] = True
-    return _additive(allowed[:, None], dtype)
+    slots = torch.arange(bmax, device=pad.device)
+    prompt_ok = (torch.arange(prompt_len, device=pad.device)[None, :] >= pad[:, None])[:, None, :]
+    parts = [prompt_ok.expand(r, bmax, prompt_len)]
+    parts += [ancestors[:, :, level, None] == slots for level in range(depth)]  # one-hot ancestor per level
+    parts.append((slots[:, None] == slots[None, :]).expand(r, bmax, bmax))  # itself
+    return _additive(torch.cat(parts, -1)[:, None], dtype)
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -196,19 +156,21 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, zero, blocked)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor
-]:
-    """``(input_ids [R, P], pad [R], lengths [R])`` with prompts right-aligned (left padding)."""
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu", multiple: int = 1
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids [R, P], pad [R], lengths [R])`` with prompts right-aligned (left padding); ``P`` is the longest
+    prompt rounded up to a multiple of ``multiple``."""
     lengths = [len(p) for p in prompts]
     if min(lengths) < 1:
         raise ValueError("every prompt must hold at least one token, given an empty prompt")
-    width = max(lengths)
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, given {multiple}")
+    width = -(-max(lengths) // multiple) * multiple
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     for r, p in enumerate(prompts):  # one copy per request, not per beam
         ids[r, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
     lens = torch.as_tensor(lengths, dtype=torch.long)
-    return ids.to(device), (width - lens).to(device), lens.to(device)
+    return ids.to(device, non_blocking=True), (width - lens).to(device, non_blocking=True), lens.to(device)
 
 
 # ----------------------------------------------------------------------------------------------- the search
@@ -223,8 +185,16 @@ def beam_search(
     trie: TrieTensors,
     *,
     constrained: bool = True,
+    sync_timings: bool = False,
+    steps: StepRunner | None = None,
+    prompt_multiple: int = 1,
 ) -> BeamOutput:
-    """Decode 3-token SIDs for ``R`` prompts at once (see the module docstring for the algorithm and scores)."""
+    """Decode 3-token SIDs for ``R`` prompts at once (see the module docstring for the algorithm and scores).
+
+    ``steps`` replaces :func:`decode_levels` after the prefill (e.g. :class:`decoding.cuda_graphs.GraphedDecode`,
+    called as ``steps(cache, logits, pad, lengths, widths, bmax, constrained)``); ``prompt_multiple`` rounds the
+    padded prompt length up to a multiple (fewer distinct shapes; padding is masked).
+    """
     if len(prompts) == 0:
         raise ValueError("prompts must hold at least one prompt, given 0")
     if len(beam_widths) != len(prompts):
@@ -234,119 +204,90 @@ def beam_search(
             raise ValueError(f"beam_width must be in [1, {MAX_BEAM_WIDTH}], given {w}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    n_req = len(prompts)
-    widths = torch.as_tensor([int(w) for w in beam_widths], dtype=torch.long, device=device)
-    bmax = int(widths.max())
-    offsets = torch.as_tensor(vocab.offsets, dtype=torch.long, device=device)
-    sizes = torch.as_tensor(vocab.sizes, dtype=torch.long, device=device)
-    t_mask = 0.0
+    clock = PhaseClock(device if sync_timings and device.type == "cuda" else None)
+    widths = torch.as_tensor([int(w) for w in beam_widths], dtype=torch.long).to(device, non_blocking=True)
+    bmax = max(int(w) for w in beam_widths)  # from the host list: no synchronisation
 
     # ---- prefill: each prompt once, cache at batch R
-    t0 = time.perf_counter()
-    ids, pad, lengths = left_pad(prompts, vocab.eos_id, device)
+    ids, pad, lengths = left_pad(prompts, vocab.eos_id, device, prompt_multiple)
     plen = ids.shape[1]
     mask = prefill_mask(pad, plen, dtype)
     positions = (torch.arange(plen, device=device)[None, :] - pad[:, None]).clamp_min(0)
-    tp = time.perf_counter()
-    t_mask += tp - t0
+    clock.lap("prefill_inputs")
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    logits = out.logits[:, -1:, :]  # [R, 1, V]: one root beam per request
-    t_prefill = time.perf_counter() - tp
+    clock.lap("prefill")
+    if steps is None:
+        tokens, scores = decode_levels(model, out.past_key_values, out.logits[:, -1:, :], pad, lengths, widths, bmax,
+                                       vocab, trie, constrained, clock)
+    else:
+        tokens, scores = steps(out.past_key_values, out.logits[:, -1:, :], pad, lengths, widths, bmax, constrained)
+        clock.lap("step1")  # the steps run as one unit: their time (and the selections') is reported as step1
+    codes, sid_rows, counts = final_beams(tokens, scores, vocab, trie)
+    clock.lap("final")
+    return BeamOutput(tokens, codes, scores, sid_rows, counts, clock.timings())
 
+
+def decode_levels(
+    model: Any, cache: Any, logits: torch.Tensor, pad: torch.Tensor, lengths: torch.Tensor, widths: torch.Tensor,
+    bmax: int, vocab: SidVocab, trie: TrieTensors, constrained: bool, clock: PhaseClock | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3 selections and the 2 tree-attention steps after the prefill: ``(tokens [R, bmax, 3], scores [R, bmax])``.
+
+    ``cache`` is the prompts' KV cache (batch ``R``, ``P`` keys; it grows by ``bmax`` keys per step), ``logits``
+    ``[R, 1, V]`` the prefill's last-position logits. Static shapes given ``(R, P, bmax)``, no host reads.
+    """
+    n_req = logits.shape[0]
+    device = logits.device
+    dtype = next(model.parameters()).dtype
+    plen = int(cache.get_seq_length())  # the prompt keys: a shape, not a tensor value
+    lap = clock.lap if clock is not None else (lambda name: None)
     # beam state, [R, Bcur]; at level 0 every request has one root beam (node 0)
     scores = torch.zeros((n_req, 1), dtype=torch.float32, device=device)
     nodes = torch.zeros((n_req, 1), dtype=torch.long, device=device)
     tokens = torch.zeros((n_req, 1, 0), dtype=torch.long, device=device)
     ancestors = torch.zeros((n_req, 1, 0), dtype=torch.long, device=device)
-    t_decode = 0.0
+    slots = torch.arange(bmax, device=device)[None, :, None].expand(n_req, bmax, 1)
     for level in range(NUM_LEVELS):
-        tl = time.perf_counter()  # the log-softmax normaliser is scoring (counted with decode), not masking
         logits = logits.float()
         lse = torch.logsumexp(logits, dim=-1)  # [R, Bcur]: full-vocabulary normaliser
-        ts = time.perf_counter()
-        t_decode += ts - tl
+        lap("lse")
         if constrained:
-            new_scores, parent, new_nodes, new_tok = _constrained_select(
-                logits, lse, scores, nodes, trie.indptr[level], trie.codes[level], offsets[level], widths
-            )
+            cand = constrained_candidates(logits, lse, scores, nodes, trie, level, vocab.offsets[level])
+            lap("trie_mask")
+            scores, parent, nodes, new_tok = pick_constrained(cand, nodes, trie, level, vocab.offsets[level], widths,
+                                                              bmax)
         else:
-            new_scores, parent, new_tok = _unconstrained_select(logits, lse, scores, widths)
-            new_nodes = torch.zeros_like(new_tok)
+            scores, parent, nodes, new_tok = select_unconstrained(logits, lse, scores, widths, bmax)
         gather = parent.unsqueeze(-1)
         tokens = torch.cat([torch.gather(tokens, 1, gather.expand(-1, -1, level)), new_tok.unsqueeze(-1)], -1)
         ancestors = torch.gather(ancestors, 1, gather.expand(-1, -1, ancestors.shape[-1]))
-        scores, nodes = new_scores, new_nodes
+        lap("topk")
         if level == NUM_LEVELS - 1:
-            t_mask += time.perf_counter() - ts
             break
-        # feed this level's tokens as one row of Bmax tokens per request
+        # feed this level's tokens as one row of bmax tokens per request
         step_mask = tree_step_mask(pad, plen, ancestors, dtype)
         step_pos = (lengths + level)[:, None].expand(n_req, bmax)
         feed = torch.where(torch.isfinite(scores), new_tok, torch.full_like(new_tok, vocab.eos_id))
-        t_mask += time.perf_counter() - ts
-        tf = time.perf_counter()
+        lap("attn_mask")
         out = model(input_ids=feed, attention_mask=step_mask, position_ids=step_pos, past_key_values=cache,
                     use_cache=True)
         cache = out.past_key_values
         logits = out.logits
-        t_decode += time.perf_counter() - tf
-        slots = torch.arange(bmax, device=device)[None, :, None].expand(n_req, bmax, 1)
+        lap(f"step{level + 1}")
         ancestors = torch.cat([ancestors, slots], -1)
-    del cache
+    return tokens, scores
 
-    ts = time.perf_counter()
+
+def final_beams(tokens: torch.Tensor, scores: torch.Tensor, vocab: SidVocab, trie: TrieTensors
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes [R, B, 3], sid_rows [R, B], counts [R])`` of the final beams (see :class:`BeamOutput`)."""
+    offsets = torch.as_tensor(vocab.offsets, dtype=torch.long).to(tokens.device, non_blocking=True)
+    sizes = torch.as_tensor(vocab.sizes, dtype=torch.long).to(tokens.device, non_blocking=True)
     live = torch.isfinite(scores)
     in_level = (tokens >= offsets) & (tokens < offsets + sizes)
     codes = torch.where(in_level, tokens - offsets, torch.full_like(tokens, -1))
-    if constrained:
-        sid_rows = torch.where(live, nodes, torch.full_like(nodes, -1))
-    else:
-        sid_rows = torch.where(live, trie.sid_rows(codes), torch.full_like(nodes, -1))
-    counts = live.sum(1)
-    t_mask += time.perf_counter() - ts
-    return BeamOutput(tokens, codes, scores, sid_rows, counts,
-                      {"prefill": t_prefill, "decode": t_decode, "masking": t_mask})
-
-
-def _constrained_select(
-    logits: torch.Tensor, lse: torch.Tensor, scores: torch.Tensor, nodes: torch.Tensor,
-    indptr: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, widths: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One trie-constrained level. Returns ``(scores, parent slot, child node, token)``, each ``[R, Bmax]``."""
-    n_req, bcur, vsize = logits.shape
-    beam, child, counts = csr_expand(indptr, nodes.reshape(-1), torch.isfinite(scores).reshape(-1))
-    tok = offset + codes.index_select(0, child)
-    base = (scores - lse).reshape(-1)  # beam score minus the full-vocabulary normaliser
-    cand = base.index_select(0, beam) + logits.reshape(-1).take(beam * vsize + tok)
-    vals, idx = segmented_topk(cand, counts.view(n_req, bcur).sum(1), widths)
-    live = torch.isfinite(vals)
-    pick_beam = beam[idx] if beam.numel() else torch.zeros_like(idx)
-    parent = torch.where(live, pick_beam % bcur, torch.zeros_like(idx))
-    new_nodes = torch.where(live, child[idx], torch.zeros_like(idx))
-    new_tok = torch.where(live, tok[idx], torch.zeros_like(idx))
-    return vals, parent, new_nodes, new_tok
-
-
-def _unconstrained_select(
-    logits: torch.Tensor, lse: torch.Tensor, scores: torch.Tensor, widths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One level over the full vocabulary. Two-stage top-k (per beam, then per request) equals the flat top-k."""
-    n_req, bcur, vsize = logits.shape
-    k_max = int(widths.max())
-    k1 = min(k_max, vsize)
-    per_beam, tok = torch.topk(logits - lse.unsqueeze(-1), k1, dim=-1)  # [R, Bcur, k1]
-    cand = (scores.unsqueeze(-1) + per_beam).reshape(n_req, bcur * k1)  # dead beams stay -inf
-    k = min(k_max, bcur * k1)
-    vals, idx = torch.topk(cand, k, dim=1, sorted=True)
-    if k < k_max:
-        vals = torch.cat([vals, vals.new_full((n_req, k_max - k), NEG_INF)], 1)
-        idx = torch.cat([idx, idx.new_zeros((n_req, k_max - k))], 1)
-    keep = (torch.arange(k_max, device=logits.device)[None, :] < widths[:, None]) & torch.isfinite(vals)
-    vals = torch.where(keep, vals, torch.full_like(vals, NEG_INF))
-    idx = torch.where(keep, idx, torch.zeros_like(idx))
-    new_tok = torch.gather(tok.reshape(n_req, bcur * k1), 1, idx)
-    return vals, idx // k1, new_tok
+    sid_rows = torch.where(live, trie.sid_rows(codes), torch.full_like(scores, -1, dtype=torch.long))
+    return codes, sid_rows, live.sum(1)
 
 
 # ----------------------------------------------------------------------------------------------- slow reference
