@@ -21,10 +21,12 @@ Median over ``--repeats``, methods interleaved; prints a table (with the figures
 comparison) and the ratios, writes ``OUT/bench_align.json`` and ``OUT/bench_align.png``; ``--json PATH`` writes the
 same document to PATH as well (``-``: to stdout as its last line).
 
-``--profile`` adds where the time of one step goes, per method, measured in-process on ``--profile-batches``
-batches (after one warm-up batch) with the run's own trainer, collator, loss and AdamW: collation (layout + mask),
-the policy model's forward, the reference model's forward, log-prob gather + loss + metrics, backward, and the
-optimizer step (clip + AdamW). ``--quick`` = 6 steps, batch 4, 1 repeat, profile on 3 batches (a smoke run).
+``--profile`` adds where the time of one step goes, per method, on ``--profile-batches`` batches (after one warm-up
+batch) with each method's own trainer, collator, loss and AdamW: collation (layout + mask), the policy model's
+forward, the reference model's forward, log-prob gather + loss + metrics, backward, and the optimizer step (clip +
+AdamW). Both trainers live in one process and take turns batch by batch, so the ratio of their median step times
+(``ratios.throughput_in_process``) holds up on a machine whose load drifts, unlike separate runs.
+``--quick`` = 6 steps, batch 4, 1 repeat, profile on 3 batches (a smoke run).
 
 Without ``--sft/--samples`` it builds a synthetic world: the ``tiny`` model preset, 2 positives and 3 negatives
 per session, prompts of about ``--prompt-tokens`` tokens (history SIDs), as in docs/alignment.md's benchmark.
@@ -161,58 +163,72 @@ def worker(method: str, sft: Path, samples: Path, steps: int, batch_size: int) -
             "peak_rss_mb": peak, "peak_above_start_mb": peak - base}
 
 
-def profile_worker(method: str, sft: Path, samples: Path, batches: int, batch_size: int) -> dict[str, float]:
-    """Median milliseconds per phase of one training step (see the module docstring), in this process."""
+class _PhaseClock:
+    """Times one trainer's steps phase by phase; model forwards are timed by forward hooks."""
+
+    def __init__(self, run: Any) -> None:
+        import torch
+
+        self.run = run
+        self.model = run.trainer.model
+        self.optimizer = run.trainer.create_optimizer()
+        self.forward = {"policy_forward": 0.0, "reference_forward": 0.0}
+        self._started: dict[str, float] = {}
+        self._hook(self.model, "policy_forward")
+        if run.trainer.ref_model is not None:
+            self._hook(run.trainer.ref_model, "reference_forward")
+        self.rows: list[dict[str, float]] = []
+        self._torch = torch
+
+    def _hook(self, module: Any, key: str) -> None:
+        module.register_forward_pre_hook(lambda *_: self._started.__setitem__(key, time.perf_counter()))
+        module.register_forward_hook(
+            lambda *_: self.forward.__setitem__(key, self.forward[key] + time.perf_counter() - self._started[key]))
+
+    def step(self, feats: list[dict[str, Any]], keep: bool) -> None:
+        trainer, torch = self.run.trainer, self._torch
+        self.forward.update(policy_forward=0.0, reference_forward=0.0)
+        t0 = time.perf_counter()
+        batch = trainer.data_collator(feats)
+        t1 = time.perf_counter()
+        loss = trainer.compute_loss(self.model, batch)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if keep:
+            fwd = self.forward["policy_forward"] + self.forward["reference_forward"]
+            self.rows.append({"collate": t1 - t0, **self.forward, "logps_loss_metrics": (t2 - t1) - fwd,
+                              "backward": t3 - t2, "optimizer": t4 - t3, "step": t4 - t0})
+
+
+def profile_worker(sft: Path, samples: Path, batches: int, batch_size: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds per phase of one training step of each method (see the module docstring).
+
+    Both methods' trainers live in this one process and take turns batch by batch, so a machine whose load drifts
+    slows both alike: the ratio of their step times is the load-robust throughput ratio.
+    """
     import torch
 
     from training.align import prepare_align
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory() as tmp:
-        run = prepare_align(_align_config(method, sft, samples, Path(tmp) / "run", 10, batch_size))
-        trainer = run.trainer
-        model = trainer.model
-        assert isinstance(model, torch.nn.Module)
-        optimizer = trainer.create_optimizer()
-        clock = {"policy_forward": 0.0, "reference_forward": 0.0}
-        started: dict[str, float] = {}
-
-        def timed(module: torch.nn.Module, key: str) -> None:
-            module.register_forward_pre_hook(lambda *_: started.__setitem__(key, time.perf_counter()))
-            module.register_forward_hook(
-                lambda *_: clock.__setitem__(key, clock[key] + time.perf_counter() - started[key]))
-
-        timed(model, "policy_forward")
-        if trainer.ref_model is not None:
-            timed(trainer.ref_model, "reference_forward")
-        rows: list[dict[str, float]] = []
+        clocks = {m: _PhaseClock(prepare_align(_align_config(m, sft, samples, Path(tmp) / m, 10, batch_size)))
+                  for m in METHODS}
         for i in range(batches + 1):  # batch 0 warms up
-            feats = [run.examples[(i * batch_size + k) % len(run.examples)] for k in range(batch_size)]
-            clock.update(policy_forward=0.0, reference_forward=0.0)
-            t0 = time.perf_counter()
-            batch = trainer.data_collator(feats)
-            t1 = time.perf_counter()
-            loss = trainer.compute_loss(model, batch)
-            assert isinstance(loss, torch.Tensor)
-            t2 = time.perf_counter()
-            loss.backward()
-            t3 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            t4 = time.perf_counter()
-            if i:
-                rows.append({"collate": t1 - t0, "policy_forward": clock["policy_forward"],
-                             "reference_forward": clock["reference_forward"],
-                             "logps_loss_metrics": (t2 - t1) - clock["policy_forward"] - clock["reference_forward"],
-                             "backward": t3 - t2, "optimizer": t4 - t3, "step": t4 - t0})
-    return {k: 1000 * statistics.median(r[k] for r in rows) for k in rows[0]}
+            for clock in clocks.values():
+                examples = clock.run.examples
+                clock.step([examples[(i * batch_size + k) % len(examples)] for k in range(batch_size)], keep=i > 0)
+    return {m: {k: 1000 * statistics.median(r[k] for r in c.rows) for k in c.rows[0]} for m, c in clocks.items()}
 
 
-def _subprocess_json(args: list[str]) -> dict[str, float]:
+def _subprocess_json(args: list[str]) -> Any:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, cwd=ROOT)
-    parsed: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return parsed
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def print_tables(doc: dict[str, Any]) -> None:
@@ -244,6 +260,8 @@ def print_tables(doc: dict[str, Any]) -> None:
         for phase in (*PHASES, "step"):
             cells = [f"{prof[m][phase]:.1f} ({100 * prof[m][phase] / prof[m]['step']:.0f}%)" for m in METHODS]
             print(f"| {phase} | " + " | ".join(cells) + " |")
+        print(f"in-process step-time ratio DPO / RAD-DPO (same sessions per step): "
+              f"{doc['ratios']['throughput_in_process']:.2f}×")
 
 
 def write_png(doc: dict[str, Any], out: Path) -> None:
@@ -280,7 +298,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="add the per-phase time of one step, per method")
     ap.add_argument("--profile-batches", type=int, default=6)
     ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
-    ap.add_argument("--profile-worker", choices=METHODS, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.steps, args.batch_size, args.repeats, args.profile_batches = 6, 4, 1, 3
@@ -291,8 +309,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.sft, args.samples, args.steps, args.batch_size)))
         return
     if args.profile_worker:
-        print(json.dumps(profile_worker(args.profile_worker, args.sft, args.samples, args.profile_batches,
-                                        args.batch_size)))
+        print(json.dumps(profile_worker(args.sft, args.samples, args.profile_batches, args.batch_size)))
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -314,9 +331,7 @@ def main() -> None:
                       f"{res['sessions_per_s_end_to_end']:.2f} end to end, peak {res['peak_rss_mb']:.0f} MB",
                       flush=True)
         if args.profile:
-            for method in METHODS:
-                profile[method] = _subprocess_json(["--profile-worker", method, "--profile-batches",
-                                                    str(args.profile_batches), *common])
+            profile = _subprocess_json(["--profile-worker", "--profile-batches", str(args.profile_batches), *common])
 
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k in results[m][0]} for m in METHODS}
     rad, dpo = med["rad-dpo"], med["dpo"]
@@ -324,6 +339,8 @@ def main() -> None:
               "throughput_end_to_end": rad["sessions_per_s_end_to_end"] / dpo["sessions_per_s_end_to_end"],
               "peak_rss": rad["peak_rss_mb"] / dpo["peak_rss_mb"],
               "peak_above_start": rad["peak_above_start_mb"] / dpo["peak_above_start_mb"]}
+    if profile:  # both methods in one process, batch about batch: the load-robust figure
+        ratios["throughput_in_process"] = profile["dpo"]["step"] / profile["rad-dpo"]["step"]
     basis = "steady state" if args.steps >= STEADY_FROM + 1 else "end to end (fewer than 4 steps)"
     doc: dict[str, Any] = {
         "world": world, "steps": args.steps, "batch_size": args.batch_size, "repeats": args.repeats,
