@@ -199,9 +199,13 @@ def read_index_dir(directory: str | os.PathLike[str], *, verify_checksums: bool 
     except ValueError as exc:
         raise IndexFormatError(f"index file {POPULARITY_FILE!r} is invalid: {exc}") from exc
     try:
-        ids = zlib.decompress((d / IDS_FILE).read_bytes()).decode("utf-8").split("\x00")
+        text = zlib.decompress((d / IDS_FILE).read_bytes()).decode("utf-8")
     except (zlib.error, UnicodeDecodeError) as exc:
         raise IndexFormatError(f"index file {IDS_FILE!r} is not zlib-compressed UTF-8: {exc}") from exc
+    if text == "" or text.startswith("\x00") or text.endswith("\x00") or "\x00\x00" in text:
+        raise IndexFormatError(f"index file {IDS_FILE!r} holds an empty item id")
+    ids = text.split("\x00")
+    del text
     try:
         cat_values = json.loads((d / CATEGORIES_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -243,9 +247,7 @@ def _checked_parts(sizes: tuple[int, int, int], a: dict[str, np.ndarray], pop: n
     """Check every array's shape and the cross-references between them, rebuild the derived arrays, gather parts."""
     if not isinstance(cat_values, list) or not all(isinstance(x, str) for x in cat_values):
         raise IndexFormatError(f"index file {CATEGORIES_FILE!r} must be a JSON list of strings")
-    n = len(item_ids)
-    if "" in item_ids:
-        raise IndexFormatError(f"index file {IDS_FILE!r} holds an empty item id at row {item_ids.index('')}")
+    n = len(item_ids)  # non-empty ids: checked on the text before splitting
     codes = a["sid_codes.npy"]
     if codes.ndim != 2 or codes.shape[1] != NUM_LEVELS or codes.shape[0] == 0:
         raise _shape_error("sid_codes.npy", f"[S >= 1, {NUM_LEVELS}]", codes)
@@ -293,7 +295,8 @@ def _checked_parts(sizes: tuple[int, int, int], a: dict[str, np.ndarray], pop: n
         if key_id is None or int(key_rows[key_id]) != r:
             raise IndexFormatError(f"index file {TRIE_FILE!r} does not map item ids to their rows")
     tables = PrefixTables.from_sorted_codes(codes)
-    categories = np.asarray(cat_values, dtype=object)[cat_idx].tolist() if cat_values else []
+    one = len(cat_values) == 1  # the common case: a list of one repeated value, no gather
+    categories = [cat_values[0]] * n if one else np.asarray(cat_values, dtype=object)[cat_idx].tolist()
     return IndexParts(
         codebook_sizes=sizes, sid_codes=codes, sid_item_indptr=indptr, sid_item_rows=members, item_ids=item_ids,
         item_sid_row=sid_row, item_category=categories, item_popularity=pop, tables=tables, item_trie=trie,

@@ -258,3 +258,13 @@ def test_popularity_narrows_losslessly(values: list[float], dtype: str) -> None:
     stored = narrow_popularity(np.array(values))
     assert str(stored.dtype) == dtype
     np.testing.assert_array_equal(widen_popularity(stored), values)
+
+
+@pytest.mark.parametrize("text", ["", "\x00a\x00b\x00c\x00d", "a\x00\x00c\x00d\x00e", "a\x00b\x00c\x00d\x00"])
+def test_load_names_empty_item_ids(tmp_path: Path, text: str) -> None:
+    import zlib
+
+    out = _small_index().save(tmp_path / "ix")
+    (out / "item_ids.zlib").write_bytes(zlib.compress(text.encode()))
+    with pytest.raises(IndexFormatError, match=re.escape("'item_ids.zlib' holds an empty item id")):
+        SidIndex.load(out, verify_checksums=False)
