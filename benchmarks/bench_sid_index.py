@@ -2,7 +2,8 @@
 [--build memory|streamed] [--out runs/bench_sid_index] [--json PATH] [--embed-titles N]
 
 Builds SID indexes for synthetic 384-d embeddings and prints, per catalog size: build time (k-means training,
-assignment, grouping + item trie), peak memory of a fresh process doing only that build (max RSS, which counts the
+assignment, grouping + item trie; wall and CPU seconds, with the load average, since a loaded machine stretches wall
+time), peak memory of a fresh process doing only that build (max RSS, which counts the
 memory-mapped embeddings' pages, and peak anonymous memory, which does not), index size on disk per SID (and per
 file), load time, and lookup throughput: prefix-table gathers (children of random depth-1 / depth-2 prefixes turned
 into boolean masks, vectorised, no per-prefix Python), codes → SID row checks and SID-string → items lookups.
@@ -130,14 +131,14 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "me
     ids = [f"item{i}" for i in range(n)]
     pop = np.random.default_rng(1).pareto(1.5, size=n)
     cfg = IndexConfig(RQKMeansConfig(codebook_sizes=codebooks, seed=0))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if build == "streamed":
         index = build_index_streamed(emb_path, ids, pop, None, cfg, None, show_progress=False)
     else:
         cat = Catalog(item_ids=ids, titles=ids, brands=[""] * n, categories=[""] * n, popularity=pop)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         index = build_index(cat, read_embeddings(emb_path, ids, mmap=True), cfg)
-    t_build = time.perf_counter() - t0
+    t_build, cpu_build = time.perf_counter() - t0, time.process_time() - c0
     idx_dir = out / f"index_{n}"
     t0 = time.perf_counter()
     index.save(idx_dir)
@@ -180,7 +181,8 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "me
         "items": n, "codebook_sizes": list(codebooks), "unique_sids": stats["unique_sids"],
         "collision_rate": stats["collision_rate"], "largest_group": stats["largest_group"],
         "utilization": [lv["utilization"] for lv in stats["levels"]],
-        "build": build, "build_s": t_build, "save_s": t_save, "load_s": t_load,
+        "build": build, "build_s": t_build, "build_cpu_s": cpu_build, "save_s": t_save, "load_s": t_load,
+        "loadavg_1min_at_end": os.getloadavg()[0],
         "peak_rss_mib": peak_rss_mib, "peak_anon_mib": peak_anon_mib, "rss_before_build_mib": rss_before,
         "embeddings_file_mib": emb_path.stat().st_size / 2**20,
         "disk_bytes": disk, "disk_bytes_per_sid": disk / stats["unique_sids"],
@@ -299,7 +301,8 @@ def main() -> None:
                               text=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  {r['build']} build {r['build_s']:7.1f} s  "
+        print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  {r['build']} build {r['build_s']:7.1f} s "
+              f"(CPU {r['build_cpu_s']:6.1f} s)  "
               f"peak RSS {r['peak_rss_mib']:6.0f} MiB (anon {r['peak_anon_mib']:5.0f})  "
               f"disk {r['disk_bytes_per_sid']:5.0f} B/SID  "
               f"load {r['load_s']:5.2f} s  depth-1 {r['prefix_depth1_per_s'] / 1e6:5.2f} M/s  "
