@@ -22,6 +22,7 @@ shape/content is inconsistent). In memory the arrays stay int64 / float64.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from sid_index.prefix_tables import PrefixTables
 from sid_index.tokens import NUM_LEVELS, parse_sid_string, sid_string
 
 __all__ = ["IndexFormatError", "SidIndex"]
+
+_CANONICAL_SID = re.compile(r"<s0_(0|[1-9][0-9]*)><s1_(0|[1-9][0-9]*)><s2_(0|[1-9][0-9]*)>")
 
 
 def _item_trie(item_ids: list[str]) -> tuple[marisa_trie.Trie, np.ndarray]:
@@ -205,16 +208,14 @@ class SidIndex:
 
     def sid_row(self, sid_str: str) -> int | None:
         """SID row of a SID string, ``None`` if it is not a SID of this index (or not in canonical form)."""
-        try:
-            codes = parse_sid_string(sid_str)
-        except ValueError:
+        m = _CANONICAL_SID.fullmatch(sid_str)  # canonical tokens only: "<s0_03>" is not a token of the vocabulary
+        if m is None:
             return None
-        if sid_string(codes) != sid_str:  # e.g. "<s0_03>": not a token of the vocabulary
-            return None
+        c0, c1, c2 = int(m[1]), int(m[2]), int(m[3])
         s1, s2 = self.codebook_sizes[1], self.codebook_sizes[2]
-        if codes[0] >= self.codebook_sizes[0] or codes[1] >= s1 or codes[2] >= s2:
+        if c0 >= self.codebook_sizes[0] or c1 >= s1 or c2 >= s2:
             return None
-        key = (codes[0] * s1 + codes[1]) * s2 + codes[2]
+        key = (c0 * s1 + c1) * s2 + c2
         pos = int(np.searchsorted(self._sid_keys, key))
         return pos if pos < self.num_sids and int(self._sid_keys[pos]) == key else None
 
