@@ -125,20 +125,20 @@ def pack_sessions(
     position_ids = torch.where(is_prompt, col[None, :] - (pmax - plen_t), 0)
     position_ids = torch.where(is_cand, plen_t + offset[None, :], position_ids)
 
+    # a real query (prompt or candidate token) sees the real prompt tokens at or before it (for a candidate: all
+    # of them) and, if a candidate, its own block's tokens at or before it; padding and dummy blocks see themselves
     causal = col[None, :] <= col[:, None]  # [L(q), L(k)]
-    same_block = (block[:, None] == block[None, :]) & in_cand[:, None]
-    sees_prompt = is_prompt[:, None, :]  # [B, 1, L(k)]
-    allowed = (is_prompt[:, :, None] & sees_prompt & causal) \
-        | (is_cand[:, :, None] & (sees_prompt | (same_block & causal))) \
-        | torch.eye(seq_len, dtype=torch.bool)  # padding and dummy blocks: themselves only
+    own_block = (block[:, None] == block[None, :]) & in_cand[:, None] & causal  # [L, L]
+    allowed = ((is_prompt | is_cand)[:, :, None] & is_prompt[:, None, :] & causal) \
+        | (is_cand[:, :, None] & own_block) | torch.eye(seq_len, dtype=torch.bool)
 
     # the same columns in every row: the last prompt column, then each block's 3 columns
     starts = pmax + BLOCK_LEN * torch.arange(cmax)[:, None]
     predict = torch.cat([torch.full((cmax, 1), pmax - 1), starts + torch.arange(BLOCK_LEN)], dim=1)
     predict_pos = predict[None].expand(len(prompts), cmax, CANDIDATE_LEN).clone()
     eos_pos = (starts[:, 0] + BLOCK_LEN - 1)[None].expand(len(prompts), cmax).clone()
-    mask = torch.zeros((len(prompts), 1, seq_len, seq_len), dtype=dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
+    mask = torch.where(allowed[:, None], torch.zeros((), dtype=dtype), blocked)
     return PackedBatch(input_ids, mask, position_ids, predict_pos, target_ids, eos_pos, valid)
 
 
