@@ -1,4 +1,5 @@
-"""OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_decoding.py [--quick] [--out runs/bench]
+"""OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_decoding.py [--quick] [--out runs/bench] [--profile]
+    [--sections vs_hf,beam_width,catalog,profile] [--json PATH]
 
 Decoding benchmark: :class:`decoding.torch_engine.TorchBeamEngine` (shared prompt KV cache, tree-attention beam
 steps, CSR trie masks) against Hugging Face ``generate(num_beams=B, ...)`` with a trie constraint, on the same
@@ -15,8 +16,16 @@ random Qwen3 model (4 layers x 256 hidden), the same prompts and catalog, one CP
 3. **Catalog size** 1k → 1M SIDs (random unique codes, 256/256/256), beam 128, 64-token prompt: seconds per request
    and the share of time spent on masking (trie expansion, top-k, mask building).
 
-Writes ``<out>/decoding.json`` and ``<out>/decoding.png`` (atomically) and prints a table. CPU times are noisy on a
-shared machine; the ratios are measured side by side in one run.
+4. **Profile** (``--profile``, or ``profile`` in ``--sections``): where a beam-128 retrieval's time goes, one
+   request per call and 8 per call, 64- and 200-token prompts: each phase of the engine's timings (prefill inputs,
+   prefill, the full-vocabulary normalisers, the trie mask, top-k, attention masks, step 1, step 2, final codes,
+   transfer, item expansion) in wall and CPU ms per request, "other" (the call's wall time not in any phase:
+   Python around the search), the trie mask's share of a decode step, the model's FLOPs per phase and the rate
+   reached; and a ``torch.profiler`` table of one retrieval grouped into matrix products, attention and the rest.
+
+Writes ``<out>/decoding.json`` and ``<out>/decoding.png`` (atomically; ``--json PATH`` writes the report there too)
+and prints a table. ``--quick`` is a smoke run (fewer repeats, 2,000 SIDs, catalogs up to 100k). CPU times are noisy
+on a shared machine; the ratios are measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -207,6 +216,87 @@ def side_by_side(engine: TorchBeamEngine, model: Any, prompts: list[list[int]], 
             "ratios": ratios, "masking_share": share(phases), **compare(results, hf_out)}
 
 
+MASKING = ("prefill_inputs", "trie_mask", "topk", "attn_mask", "final")  # what decoding.beam_search sums as masking
+PHASES = ("prefill_inputs", "prefill", "lse", "trie_mask", "topk", "attn_mask", "step1", "step2", "final", "transfer",
+          "finalize")
+
+
+def model_flops(model: Any, rows: int, keys: int, logits_rows: int) -> float:
+    """FLOPs (2 per multiply-add) of one forward of ``rows`` new tokens attending to ``keys`` keys (as the masked
+    kernel computes them: every key) with ``logits_rows`` rows of output logits."""
+    c = model.config
+    qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    per_token = c.num_hidden_layers * (c.hidden_size * (2 * qd + 2 * kvd) + 3 * c.hidden_size * c.intermediate_size)
+    attention = c.num_hidden_layers * rows * keys * qd * 2
+    return float(2 * (rows * per_token + attention + logits_rows * c.hidden_size * c.vocab_size))
+
+
+def profile(engine: TorchBeamEngine, model: Any, rng: np.random.Generator, repeats: int) -> dict[str, Any]:
+    """4. where a beam-128 retrieval's time goes (see the module docstring); medians per request."""
+    out: dict[str, Any] = {"rows": []}
+    width = 128
+    for plen in (64, 200):
+        prompts = [tuple(int(t) for t in rng.integers(3, TEXT_TOKENS, size=plen)) for _ in range(8)]
+        reqs = [RetrievalRequest(p, beam_width=width, top_k_items=width) for p in prompts]
+        engine.retrieve_batch(reqs[:1])
+        engine.retrieve_batch(reqs)  # warm-up of both shapes
+        for batch in (1, 8):
+            calls: list[dict[str, float]] = []
+            for i in range(repeats if batch == 1 else max(1, repeats // 3)):
+                chunk = reqs[i % 8:i % 8 + 1] if batch == 1 else reqs
+                t0, c0 = time.perf_counter(), time.process_time()
+                res = engine.retrieve_batch(chunk)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                t = res[0].timings
+                calls.append({**{k: v / batch for k, v in t.items() if k != "chunk_requests"},
+                              "call": wall / batch, "call_cpu": cpu / batch,
+                              "other": (wall - sum(t[k] for k in PHASES)) / batch})
+            med = {k: statistics.median(c[k] for c in calls) for k in calls[0]}
+            flops = {"prefill": model_flops(model, plen, plen, 1),
+                     "step1": model_flops(model, width, plen + width, width),
+                     "step2": model_flops(model, width, plen + 2 * width, width)}
+            row: dict[str, Any] = {
+                "prompt_len": plen, "beam": width, "requests_per_call": batch, "calls": len(calls),
+                "ms": {k: 1e3 * med[k] for k in (*PHASES, "other", "call")},
+                "cpu_ms": {**{k: 1e3 * med[f"cpu_{k}"] for k in PHASES if f"cpu_{k}" in med},
+                           "call": 1e3 * med["call_cpu"]},
+                "gflop_per_request": {k: v / 1e9 for k, v in flops.items()},
+                "gflops_reached_cpu": {k: v / med[f"cpu_{k}"] / 1e9 for k, v in flops.items()},
+                # shares in CPU time (preemption by other processes inflates wall-clock phases unevenly)
+                "trie_mask_share_of_steps": med["cpu_trie_mask"] / (med["cpu_step1"] + med["cpu_step2"]),
+                "masking_share": sum(med[f"cpu_{k}"] for k in MASKING) / med["call_cpu"],
+                "trie_mask_share_of_steps_wall": med["trie_mask"] / (med["step1"] + med["step2"]),
+            }
+            out["rows"].append(row)
+            print(f"[profile] prompt {plen}, {batch} per call: {row['ms']['call']:.1f} ms/request wall, "
+                  f"{row['cpu_ms']['call']:.1f} ms CPU; trie mask {row['trie_mask_share_of_steps']:.2%} of the steps",
+                  flush=True)
+    out["ops"] = op_profile(engine, [RetrievalRequest(tuple(int(t) for t in rng.integers(3, TEXT_TOKENS, size=64)),
+                                                      beam_width=width, top_k_items=width)])
+    return out
+
+
+def op_profile(engine: TorchBeamEngine, reqs: list[RetrievalRequest]) -> dict[str, Any]:
+    """``torch.profiler`` over 3 calls: self CPU ms per call grouped into matrix products, attention and the rest,
+    and the top ops."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            engine.retrieve_batch(reqs)
+    groups = {"matmul": 0.0, "attention": 0.0, "other ops": 0.0}
+    ops = []
+    for ev in prof.key_averages():
+        ms = ev.self_cpu_time_total / 1e3 / 3
+        kind = ("matmul" if ev.key in ("aten::mm", "aten::addmm", "aten::bmm") else
+                "attention" if "scaled_dot_product" in ev.key else "other ops")
+        groups[kind] += ms
+        ops.append((ms, ev.key, ev.count // 3))
+    ops.sort(reverse=True)
+    return {"groups_ms": groups, "top": [{"op": k, "ms": ms, "calls": n} for ms, k, n in ops[:10]]}
+
+
 def share(phases: dict[str, float]) -> float:
     """Masking's share of the engine's phase time."""
     return phases["masking"] / sum(phases[k] for k in ("prefill", "decode", "masking", "finalize"))
@@ -222,45 +312,81 @@ def compare(results: list[RetrievalResult], hf: list[tuple[np.ndarray, np.ndarra
     return {"same_sids_and_order": f"{same}/{len(results)}", "max_score_diff": max_diff}
 
 
-def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+SECTIONS = ("vs_hf", "beam_width", "catalog", "profile")
+
+
+def run(quick: bool, out_dir: Path, sections: tuple[str, ...] = SECTIONS[:3], json_path: Path | None = None,
+        repeats: int | None = None) -> dict[str, Any]:
+    """The sections asked for; ``repeats`` single calls per profiled prompt length (default 3 quick, 8 full)."""
     torch.set_num_threads(1)
     model, vocab = build_model()
     rng = np.random.default_rng(0)
     n_hf = 2 if quick else 4
-    report: dict[str, Any] = {"machine": "CPU, torch threads 1, shared with other jobs", "model": "Qwen3 4x256",
-                              "vocab_size": vocab.vocab_size, "codebooks": SIZES}
+    report: dict[str, Any] = {"machine": f"CPU, torch threads 1, load average {os.getloadavg()[0]:.1f} at start",
+                              "model": "Qwen3 4x256", "vocab_size": vocab.vocab_size, "codebooks": SIZES,
+                              "quick": quick, "sections": list(sections)}
     index = BenchIndex.random(2_000 if quick else 20_000, seed=1)
     engine = TorchBeamEngine(model, vocab, index, max_batch_rows=1024)
+    if "profile" in sections:
+        report["profile"] = profile(engine, model, rng, repeats or (3 if quick else 8))
+    if "vs_hf" in sections:
+        report["vs_hf"] = vs_hf(engine, model, vocab, index, rng, n_hf)
+    if "beam_width" in sections:
+        report["beam_width"] = beam_width(engine, model, vocab, index, rng, n_hf)
+    if "catalog" in sections:
+        report["catalog"] = catalog(model, vocab, rng, quick)
+    report["load_average_end"] = os.getloadavg()[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "decoding.json", report)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_path, report)
+    if all(k in report for k in SECTIONS[:3]):
+        plot(report, out_dir / "decoding.png")
+    print_table(report)
+    return report
 
-    # 1. engine vs HF at beam 128
-    report["vs_hf"] = []
+
+def vs_hf(engine: TorchBeamEngine, model: Any, vocab: SidVocab, index: BenchIndex, rng: np.random.Generator,
+          n_hf: int) -> list[dict[str, Any]]:
+    """1. engine vs HF at beam 128, 64- and 200-token prompts."""
+    rows = []
     for plen in (64, 200):
         prompts = [[int(t) for t in rng.integers(3, TEXT_TOKENS, size=plen)] for _ in range(8)]
         ours(engine, prompts[:1], 128, 1)  # warm-up
         row = {"prompt_len": plen, "beam": 128, "num_sids": index.num_sids,
                **side_by_side(engine, model, prompts[:n_hf], 128, vocab, index.tables)}
         row["ours_batched8_s"] = ours(engine, prompts, 128, 8)[0]
+        row["ours_8_singles_s"] = ours(engine, prompts, 128, 1)[0]  # the same 8 prompts one per call, same moment
+        row["batch8_speedup"] = row["ours_8_singles_s"] / row["ours_batched8_s"]
         if plen == 64:
             fn_runs = [hf_generate(model, p, 128, vocab, index.tables, vectorised=False) for p in prompts[:2]]
             _, res, _ = ours(engine, prompts[:2], 128, 1)
             row["hf_prefix_fn_s"] = statistics.median(r[0] for r in fn_runs)
             row["hf_prefix_fn_same"] = compare(res, [(r[1], r[2]) for r in fn_runs])["same_sids_and_order"]
-        report["vs_hf"].append(row)
+        rows.append(row)
         print(f"[vs HF] prompt {plen}: ours {row['ours_s'] * 1e3:.1f} ms, batched {row['ours_batched8_s'] * 1e3:.1f} "
               f"ms, HF {row['hf_vec_s'] * 1e3:.0f} ms, ratio {row['ratio']:.1f}x, same {row['same_sids_and_order']}",
               flush=True)
+    return rows
 
-    # 2. beam width
-    report["beam_width"] = []
+
+def beam_width(engine: TorchBeamEngine, model: Any, vocab: SidVocab, index: BenchIndex, rng: np.random.Generator,
+               n_hf: int) -> list[dict[str, Any]]:
+    """2. beam width 8 / 32 / 128 at a 64-token prompt."""
+    rows = []
     prompts = [[int(t) for t in rng.integers(3, TEXT_TOKENS, size=64)] for _ in range(n_hf)]
     for width in (8, 32, 128):
         row = {"beam": width, **side_by_side(engine, model, prompts, width, vocab, index.tables)}
-        report["beam_width"].append(row)
+        rows.append(row)
         print(f"[beam] {width}: ours {row['ours_s'] * 1e3:.1f} ms, HF {row['hf_vec_s'] * 1e3:.0f} ms, "
               f"ratio {row['ratio']:.1f}x", flush=True)
+    return rows
 
-    # 3. catalog size
-    report["catalog"] = []
+
+def catalog(model: Any, vocab: SidVocab, rng: np.random.Generator, quick: bool) -> list[dict[str, Any]]:
+    """3. catalog size 1k -> 1M SIDs at beam 128."""
+    rows = []
     sizes = (1_000, 10_000, 100_000) if quick else (1_000, 10_000, 100_000, 1_000_000)
     prompts = [[int(t) for t in rng.integers(3, TEXT_TOKENS, size=64)] for _ in range(3 if quick else 5)]
     for n in sizes:
@@ -273,14 +399,9 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         valid = all(h.valid and tuple(idx.sid_codes[h.sid_row]) == h.codes for r in res for h in r.sids)
         row = {"num_sids": n, "ours_s": t_ours, "masking_share": share(phases), "ours_cpu_s": phases["cpu_s"],
                "masking_ms": 1e3 * phases["masking"] / len(prompts), "build_s": build_s, "all_valid": valid}
-        report["catalog"].append(row)
+        rows.append(row)
         print(f"[catalog] {n}: ours {t_ours * 1e3:.1f} ms, masking {row['masking_share']:.1%}", flush=True)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "decoding.json", report)
-    plot(report, out_dir / "decoding.png")
-    print_table(report)
-    return report
+    return rows
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -342,39 +463,75 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=170)
-    t = Table(title="engine vs HF constrained generate, beam 128 (ms per request, median)")
-    for col in ("prompt", "SIDs", "HF vec", "HF prefix fn", "ours", "ours batched x8", "ratio", "CPU-time ratio",
-                "same", "max |dscore|", "masking"):
-        t.add_column(col)
-    for r in report["vs_hf"]:
-        t.add_row(str(r["prompt_len"]), str(r["num_sids"]), f"{r['hf_vec_s'] * 1e3:.0f}",
-                  f"{r['hf_prefix_fn_s'] * 1e3:.0f}" if "hf_prefix_fn_s" in r else "-", f"{r['ours_s'] * 1e3:.1f}",
-                  f"{r['ours_batched8_s'] * 1e3:.1f}", f"{r['ratio']:.1f}x", f"{r['cpu_ratio']:.1f}x",
-                  r["same_sids_and_order"],
-                  f"{r['max_score_diff']:.1e}", f"{r['masking_share']:.1%}")
+    if "profile" in report:
+        print_profile(console, report["profile"])
+    if "vs_hf" in report:
+        t = Table(title="engine vs HF constrained generate, beam 128 (ms per request, median)")
+        for col in ("prompt", "SIDs", "HF vec", "HF prefix fn", "ours", "ours batched x8", "x8 vs singles", "ratio",
+                    "CPU-time ratio", "same", "max |dscore|", "masking"):
+            t.add_column(col)
+        for r in report["vs_hf"]:
+            t.add_row(str(r["prompt_len"]), str(r["num_sids"]), f"{r['hf_vec_s'] * 1e3:.0f}",
+                      f"{r['hf_prefix_fn_s'] * 1e3:.0f}" if "hf_prefix_fn_s" in r else "-", f"{r['ours_s'] * 1e3:.1f}",
+                      f"{r['ours_batched8_s'] * 1e3:.1f}", f"{r['batch8_speedup']:.2f}x", f"{r['ratio']:.1f}x",
+                      f"{r['cpu_ratio']:.1f}x", r["same_sids_and_order"], f"{r['max_score_diff']:.1e}",
+                      f"{r['masking_share']:.1%}")
+        console.print(t)
+    if "beam_width" in report:
+        t = Table(title="beam width (64-token prompt, ms per request)")
+        for col in ("beam", "HF vec", "ours", "ratio", "CPU-time ratio", "same"):
+            t.add_column(col)
+        for r in report["beam_width"]:
+            t.add_row(str(r["beam"]), f"{r['hf_vec_s'] * 1e3:.0f}", f"{r['ours_s'] * 1e3:.1f}", f"{r['ratio']:.1f}x",
+                      f"{r['cpu_ratio']:.1f}x", r["same_sids_and_order"])
+        console.print(t)
+    if "catalog" in report:
+        t = Table(title="catalog size (beam 128, 64-token prompt)")
+        for col in ("SIDs", "ours ms", "masking ms", "masking share", "all valid", "index build s"):
+            t.add_column(col)
+        for r in report["catalog"]:
+            t.add_row(f"{r['num_sids']:,}", f"{r['ours_s'] * 1e3:.1f}", f"{r['masking_ms']:.2f}",
+                      f"{r['masking_share']:.1%}", str(r["all_valid"]), f"{r['build_s']:.1f}")
+        console.print(t)
+
+
+def print_profile(console: Any, prof: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="where a beam-128 retrieval's time goes (ms per request, median; wall / CPU)")
+    t.add_column("phase")
+    for r in prof["rows"]:
+        t.add_column(f"P={r['prompt_len']}, {r['requests_per_call']}/call")
+    for phase in (*PHASES, "other", "call"):
+        t.add_row(phase, *[f"{r['ms'][phase]:.2f} / {r['cpu_ms'][phase]:.2f}" if phase in r["cpu_ms"]
+                           else f"{r['ms'][phase]:.2f}" for r in prof["rows"]])
+    t.add_row("trie mask / steps (CPU)", *[f"{r['trie_mask_share_of_steps']:.2%}" for r in prof["rows"]])
+    t.add_row("masking / call (CPU)", *[f"{r['masking_share']:.1%}" for r in prof["rows"]])
+    for phase in ("prefill", "step1", "step2"):
+        t.add_row(f"{phase} GFLOP/s (CPU)", *[f"{r['gflops_reached_cpu'][phase]:.0f}" for r in prof["rows"]])
     console.print(t)
-    t = Table(title="beam width (64-token prompt, ms per request)")
-    for col in ("beam", "HF vec", "ours", "ratio", "CPU-time ratio", "same"):
-        t.add_column(col)
-    for r in report["beam_width"]:
-        t.add_row(str(r["beam"]), f"{r['hf_vec_s'] * 1e3:.0f}", f"{r['ours_s'] * 1e3:.1f}", f"{r['ratio']:.1f}x",
-                  f"{r['cpu_ratio']:.1f}x", r["same_sids_and_order"])
-    console.print(t)
-    t = Table(title="catalog size (beam 128, 64-token prompt)")
-    for col in ("SIDs", "ours ms", "masking ms", "masking share", "all valid", "index build s"):
-        t.add_column(col)
-    for r in report["catalog"]:
-        t.add_row(f"{r['num_sids']:,}", f"{r['ours_s'] * 1e3:.1f}", f"{r['masking_ms']:.2f}",
-                  f"{r['masking_share']:.1%}", str(r["all_valid"]), f"{r['build_s']:.1f}")
-    console.print(t)
+    ops = prof["ops"]
+    console.print("torch.profiler, one 64-token retrieval (self CPU ms): " +
+                  ", ".join(f"{k} {v:.1f}" for k, v in ops["groups_ms"].items()) + "; top: " +
+                  ", ".join(f"{o['op']} {o['ms']:.1f} ({o['calls']}x)" for o in ops["top"][:6]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and catalogs up to 100k (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--profile", action="store_true", help="add the per-phase profile (section 'profile')")
+    parser.add_argument("--sections", default=",".join(SECTIONS[:3]),
+                        help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON report to this path")
     args = parser.parse_args(argv)
-    run(args.quick, args.out)
+    sections = tuple(s for s in args.sections.split(",") if s)
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        parser.error(f"--sections must name sections of {','.join(SECTIONS)}, given {','.join(bad)}")
+    if args.profile and "profile" not in sections:
+        sections = ("profile", *sections)
+    run(args.quick, args.out, sections, args.json)
     return 0
 
 
