@@ -18,10 +18,11 @@ random Qwen3 model (4 layers x 256 hidden), the same prompts and catalog, one CP
 
 4. **Profile** (``--profile``, or ``profile`` in ``--sections``): where a beam-128 retrieval's time goes, one
    request per call and 8 per call, 64- and 200-token prompts: each phase of the engine's timings (prefill inputs,
-   prefill, the full-vocabulary normalisers, the trie mask, top-k, attention masks, step 1, step 2, final codes,
-   transfer, item expansion) in wall and CPU ms per request, "other" (the call's wall time not in any phase:
-   Python around the search), the trie mask's share of a decode step, the model's FLOPs per phase and the rate
-   reached; and a ``torch.profiler`` table of one retrieval grouped into matrix products, attention and the rest.
+   prefill, the full-vocabulary normalisers and candidate scores, the trie mask, top-k, attention masks, step 1,
+   step 2, final codes, transfer, item expansion) in wall and CPU ms per request, "other" (the call's wall time
+   not in any phase: Python around the search), the trie mask's share of the decode steps, the model's FLOPs per
+   phase, the rate reached and the CPU time of the forward's matrix products alone (the floor without less
+   arithmetic); and a ``torch.profiler`` table of one retrieval grouped into matrix products, attention and the rest.
 
 Writes ``<out>/decoding.json`` and ``<out>/decoding.png`` (atomically; ``--json PATH`` writes the report there too)
 and prints a table. ``--quick`` is a smoke run (fewer repeats, 2,000 SIDs, catalogs up to 100k). CPU times are noisy
@@ -217,8 +218,8 @@ def side_by_side(engine: TorchBeamEngine, model: Any, prompts: list[list[int]], 
 
 
 MASKING = ("prefill_inputs", "trie_mask", "topk", "attn_mask", "final")  # what decoding.beam_search sums as masking
-PHASES = ("prefill_inputs", "prefill", "lse", "trie_mask", "topk", "attn_mask", "step1", "step2", "final", "transfer",
-          "finalize")
+PHASES = ("prefill_inputs", "prefill", "scoring", "trie_mask", "topk", "attn_mask", "step1", "step2", "final",
+          "transfer", "finalize")
 
 
 def model_flops(model: Any, rows: int, keys: int, logits_rows: int) -> float:
@@ -229,6 +230,25 @@ def model_flops(model: Any, rows: int, keys: int, logits_rows: int) -> float:
     per_token = c.num_hidden_layers * (c.hidden_size * (2 * qd + 2 * kvd) + 3 * c.hidden_size * c.intermediate_size)
     attention = c.num_hidden_layers * rows * keys * qd * 2
     return float(2 * (rows * per_token + attention + logits_rows * c.hidden_size * c.vocab_size))
+
+
+def matmul_floor_ms(model: Any, rows: int, logits_rows: int, repeats: int = 5) -> float:
+    """Thread CPU ms of just the model's matrix products for one forward of ``rows`` tokens (every linear layer on
+    the model's own weights, then the output layer on ``logits_rows`` rows), median of ``repeats``: the floor a
+    forward cannot go under on this core without less arithmetic."""
+    weights = [m.weight for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings().weight
+    x = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    h = torch.randn(logits_rows, head.shape[1])
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            t0 = time.thread_time()
+            for w in weights:
+                torch.nn.functional.linear(x[w.shape[1]], w)
+            torch.nn.functional.linear(h, head)
+            times.append(time.thread_time() - t0)
+    return 1e3 * statistics.median(times[1:])
 
 
 def profile(engine: TorchBeamEngine, model: Any, rng: np.random.Generator, repeats: int) -> dict[str, Any]:
@@ -262,6 +282,8 @@ def profile(engine: TorchBeamEngine, model: Any, rng: np.random.Generator, repea
                            "call": 1e3 * med["call_cpu"]},
                 "gflop_per_request": {k: v / 1e9 for k, v in flops.items()},
                 "gflops_reached_cpu": {k: v / med[f"cpu_{k}"] / 1e9 for k, v in flops.items()},
+                "matmul_floor_cpu_ms": {"prefill": matmul_floor_ms(model, plen * batch, batch) / batch,
+                                        "step": matmul_floor_ms(model, width * batch, width * batch) / batch},
                 # shares in CPU time (preemption by other processes inflates wall-clock phases unevenly)
                 "trie_mask_share_of_steps": med["cpu_trie_mask"] / (med["cpu_step1"] + med["cpu_step2"]),
                 "masking_share": sum(med[f"cpu_{k}"] for k in MASKING) / med["call_cpu"],
@@ -509,6 +531,9 @@ def print_profile(console: Any, prof: dict[str, Any]) -> None:
     t.add_row("masking / call (CPU)", *[f"{r['masking_share']:.1%}" for r in prof["rows"]])
     for phase in ("prefill", "step1", "step2"):
         t.add_row(f"{phase} GFLOP/s (CPU)", *[f"{r['gflops_reached_cpu'][phase]:.0f}" for r in prof["rows"]])
+    for phase in ("prefill", "step"):
+        t.add_row(f"{phase}: its matmuls alone (CPU ms)",
+                  *[f"{r['matmul_floor_cpu_ms'][phase]:.2f}" for r in prof["rows"]])
     console.print(t)
     ops = prof["ops"]
     console.print("torch.profiler, one 64-token retrieval (self CPU ms): " +

@@ -47,7 +47,8 @@ import torch
 from decoding.beam_select import (
     NEG_INF,
     TrieTensors,
-    constrained_candidates,
+    apply_trie_mask,
+    candidate_scores,
     csr_expand,
     pick_constrained,
     segmented_topk,
@@ -66,7 +67,7 @@ StepRunner = Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
                       tuple[torch.Tensor, torch.Tensor]]
 
 # phases of BeamOutput.timings; "decode" and "masking" are the historical totals (sums of the fine phases)
-DECODE_PHASES = ("lse", "step1", "step2")
+DECODE_PHASES = ("scoring", "step1", "step2")
 MASKING_PHASES = ("prefill_inputs", "trie_mask", "topk", "attn_mask", "final")
 
 
@@ -77,11 +78,12 @@ class BeamOutput:
     ``token_ids`` ``[R, Bmax, 3]``, ``codes`` ``[R, Bmax, 3]`` (``-1`` where a token is not a SID token of its level),
     ``scores`` ``[R, Bmax]`` float32 descending per row, ``sid_rows`` ``[R, Bmax]`` (``-1`` = invalid or empty),
     ``counts`` ``[R]``. ``timings`` (seconds): ``prefill_inputs`` (padding, prefill mask, positions), ``prefill``
-    (prompt forward), ``lse`` (full-vocabulary log-softmax normalisers, all levels), ``trie_mask`` (gather of allowed
-    rows + masked fill, all levels), ``topk`` (per-request top-k and beam bookkeeping), ``attn_mask`` (tree masks,
-    fed tokens, positions), ``step1``/``step2`` (the two beam forwards), ``final`` (codes, SID rows, counts); and the
-    historical totals ``decode`` = lse + step1 + step2, ``masking`` = the rest outside the forwards; each fine
-    phase again as ``cpu_<phase>`` in this thread's CPU seconds (see :class:`PhaseClock`).
+    (prompt forward), ``scoring`` (full-vocabulary log-softmax normalisers and the candidates'
+    ``score − lse + logit``, all levels), ``trie_mask`` (gather of allowed rows + masked fill, all levels), ``topk``
+    (per-request top-k and beam bookkeeping), ``attn_mask`` (tree masks, fed tokens, positions), ``step1``/``step2``
+    (the two beam forwards), ``final`` (codes, SID rows, counts); and the historical totals ``decode`` = scoring +
+    step1 + step2, ``masking`` = the rest outside the forwards; each fine phase again as ``cpu_<phase>`` in this
+    thread's CPU seconds (see :class:`PhaseClock`).
     """
 
     token_ids: torch.Tensor
@@ -250,13 +252,15 @@ def decode_levels(
     for level in range(NUM_LEVELS):
         logits = logits.float()
         lse = torch.logsumexp(logits, dim=-1)  # [R, Bcur]: full-vocabulary normaliser
-        lap("lse")
         if constrained:
-            cand = constrained_candidates(logits, lse, scores, nodes, trie, level, vocab.offsets[level])
+            cand = candidate_scores(logits, lse, scores, trie.widths[level], vocab.offsets[level])
+            lap("scoring")
+            cand = apply_trie_mask(cand, nodes, trie, level)
             lap("trie_mask")
             scores, parent, nodes, new_tok = pick_constrained(cand, nodes, trie, level, vocab.offsets[level], widths,
                                                               bmax)
         else:
+            lap("scoring")
             scores, parent, nodes, new_tok = select_unconstrained(logits, lse, scores, widths, bmax)
         gather = parent.unsqueeze(-1)
         tokens = torch.cat([torch.gather(tokens, 1, gather.expand(-1, -1, level)), new_tok.unsqueeze(-1)], -1)

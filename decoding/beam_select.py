@@ -117,23 +117,25 @@ def _best(cand: torch.Tensor, widths: torch.Tensor, bmax: int) -> tuple[torch.Te
     return vals.masked_fill(~keep, NEG_INF), idx.masked_fill(~keep, 0)
 
 
-def constrained_candidates(
-    logits: torch.Tensor, lse: torch.Tensor, scores: torch.Tensor, nodes: torch.Tensor, trie: TrieTensors,
-    level: int, offset: int,
-) -> torch.Tensor:
-    """The trie mask: ``[R, Bcur, W]`` candidate scores ``(score − lse) + logit`` of every level-``level`` code,
-    ``-inf`` where the code is not a child of the beam's node (or the beam is dead). ``logits`` ``[R, Bcur, V]``
-    float32, ``lse``/``scores``/``nodes`` ``[R, Bcur]``."""
-    base = scores - lse  # beam score minus the full-vocabulary normaliser (dead beams: -inf)
-    cand = base.unsqueeze(-1) + logits[:, :, offset:offset + trie.widths[level]]
-    return cand.masked_fill(~trie.allowed[level][nodes], NEG_INF)  # one gather of the beams' allowed rows
+def candidate_scores(logits: torch.Tensor, lse: torch.Tensor, scores: torch.Tensor, width: int, offset: int
+                     ) -> torch.Tensor:
+    """``[R, Bcur, W]`` scores ``(score − lse) + logit`` of every level code for every beam (dead beams: ``-inf``).
+    ``logits`` ``[R, Bcur, V]`` float32, ``lse``/``scores`` ``[R, Bcur]``; the level's codes are ``offset + 0..W-1``."""
+    base = scores - lse  # beam score minus the full-vocabulary normaliser
+    return base.unsqueeze(-1) + logits[:, :, offset:offset + width]
+
+
+def apply_trie_mask(cand: torch.Tensor, nodes: torch.Tensor, trie: TrieTensors, level: int) -> torch.Tensor:
+    """The trie mask: ``cand`` ``[R, Bcur, W]`` with ``-inf`` where the code is not a child of the beam's node
+    (``nodes`` ``[R, Bcur]``): one gather of the nodes' rows of ``allowed[level]`` and one masked fill."""
+    return cand.masked_fill(~trie.allowed[level][nodes], NEG_INF)
 
 
 def pick_constrained(
     cand: torch.Tensor, nodes: torch.Tensor, trie: TrieTensors, level: int, offset: int, widths: torch.Tensor,
     bmax: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k over the flattened candidates of :func:`constrained_candidates`: ``(scores, parent slot, child node,
+    """Top-k over the flattened masked candidates (:func:`apply_trie_mask`): ``(scores, parent slot, child node,
     token)`` ``[R, bmax]`` (child node 0 at level 2, where the SID row is looked up from the codes instead)."""
     n_req, bcur, width = cand.shape
     vals, idx = _best(cand.view(n_req, bcur * width), widths, bmax)
@@ -150,9 +152,9 @@ def select_constrained(
     logits: torch.Tensor, lse: torch.Tensor, scores: torch.Tensor, nodes: torch.Tensor, trie: TrieTensors,
     level: int, offset: int, widths: torch.Tensor, bmax: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One trie-constrained level over dense lookups (:func:`constrained_candidates`, then
+    """One trie-constrained level over dense lookups (:func:`candidate_scores`, :func:`apply_trie_mask`, then
     :func:`pick_constrained`). Returns ``(scores, parent slot, child node, token)`` ``[R, bmax]``."""
-    cand = constrained_candidates(logits, lse, scores, nodes, trie, level, offset)
+    cand = apply_trie_mask(candidate_scores(logits, lse, scores, trie.widths[level], offset), nodes, trie, level)
     return pick_constrained(cand, nodes, trie, level, offset, widths, bmax)
 
 

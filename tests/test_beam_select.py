@@ -153,9 +153,9 @@ def test_timings_name_every_phase(lm: Lm) -> None:
     model, vocab = lm
     trie = TrieTensors.from_tables(PrefixTables.from_sorted_codes(catalog(4, 50)), sizes=SIZES)
     t = beam_search(model, [[5, 6]], [8], vocab, trie).timings
-    fine = ("prefill_inputs", "prefill", "lse", "trie_mask", "topk", "attn_mask", "step1", "step2", "final")
+    fine = ("prefill_inputs", "prefill", "scoring", "trie_mask", "topk", "attn_mask", "step1", "step2", "final")
     assert all(t[k] > 0 and f"cpu_{k}" in t for k in fine)
-    assert t["decode"] == pytest.approx(t["lse"] + t["step1"] + t["step2"])
+    assert t["decode"] == pytest.approx(t["scoring"] + t["step1"] + t["step2"])
     assert t["masking"] == pytest.approx(t["prefill_inputs"] + t["trie_mask"] + t["topk"] + t["attn_mask"] + t["final"])
 
 
