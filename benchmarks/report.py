@@ -111,7 +111,7 @@ class Sizes:
                          align_args=("--steps", "1", "--batch-size", "2", "--repeats", "1", "--prompt-tokens", "40"),
                          sid_index_args=("--sizes", "2000", "--codebooks", "16,16,16"),
                          data_args=("--sessions", "800"), decoding_args=("--quick",),
-                         peak_matmul_n=512, peak_stream_floats=1 << 22, step_timeout_s=240.0)
+                         peak_matmul_n=512, peak_stream_floats=1 << 22, step_timeout_s=420.0)
         return Sizes(prompt_lens=(32, 64, 128, 256, 512), beam_widths=(8, 16, 32, 64, 128),
                      catalogs=(1_000, 10_000, 100_000, 1_000_000), main_sids=20_000, engine_reps=5, hf_reps=2,
                      with_vllm=True,
@@ -351,12 +351,12 @@ def engine_grid(kind: str, work: Path, sizes: Sizes, result: Path) -> None:
         measure("beam", main, 64, width, n_main)
     if kind != "hf":  # HF's cost does not depend on the catalog (the dict lookups are per beam either way)
         for n in sizes.catalogs:
-            directory = work / f"catalog_{n}"
-            while len(engines) > 1:
+            while engines:  # one engine at a time (vLLM's engine core holds process-global state)
                 _close(engines.pop())
+            directory = work / f"catalog_{n}"
             measure("catalog", searcher(SidIndex.load(directory), directory), 64, BEAM, n)
-    for engine in engines:
-        _close(engine)
+    while engines:
+        _close(engines.pop())
     result.write_text(json.dumps({"engine": kind, "start_s": start_s, "num_sids": n_main, "points": points}))
 
 
@@ -447,7 +447,8 @@ class Doc:
 
 
 def ms(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{1e3 * seconds:.1f}" if seconds < 10 else f"{seconds * 1e3:,.0f}"
+    """Milliseconds: one decimal below a second, whole above."""
+    return "–" if seconds is None else f"{1e3 * seconds:.1f}" if seconds < 1 else f"{seconds * 1e3:,.0f}"
 
 
 def num(value: Any, fmt: str = ",.1f") -> str:
@@ -551,11 +552,11 @@ def run_plan(ctx: Context, steps: Sequence[Planned]) -> None:
     import concurrent.futures as cf
 
     def run(step: Planned) -> None:
-        if ctx.render_only:
-            ctx.steps[step.name] = StepResult(step.cmd.shell(), 0, 0.0, rel(ctx.out / "logs" / f"{step.name}.log"))
-            return
         if step.name in ctx.skip:
             ctx.steps[step.name] = StepResult(step.cmd.shell(), 0, 0.0, "", skipped=True)
+            return
+        if ctx.render_only:
+            ctx.steps[step.name] = StepResult(step.cmd.shell(), 0, 0.0, rel(ctx.out / "logs" / f"{step.name}.log"))
             return
         res = run_step(step.name, step.cmd, ctx.out, ctx.sizes.step_timeout_s, ctx.t0)
         if res.returncode in step.ok_codes and res.error and res.error.startswith("exited"):
@@ -717,25 +718,33 @@ BENCH_DECODING_SHAPE = {"num_hidden_layers": 4, "hidden_size": 256, "num_attenti
 
 
 def bench_decoding_tables(ctx: Context, doc: Doc, command: str, data: dict[str, Any]) -> None:
+    """Its three parts, each where the run had it (``vs_hf``, ``beam_width``, ``catalog``)."""
     shape = None
     if data.get("model") == "Qwen3 4x256":
         shape = gpu_bench.ModelShape.from_config({**BENCH_DECODING_SHAPE, "vocab_size": data["vocab_size"]}, 4)
+    if not any(k in data for k in ("vs_hf", "beam_width", "catalog")):
+        raise KeyError("vs_hf, beam_width, catalog")
     rows = []
-    for r in data["vs_hf"]:
+    for r in data.get("vs_hf", []):
         rows.append((r["prompt_len"], f"{r['num_sids']:,}", ms(r["hf_vec_s"]), ms(r.get("hf_prefix_fn_s")),
-                     ms(r["ours_s"]), ms(r.get("ours_batched8_s")), f"{r['ratio']:.1f}×",
+                     ms(r["ours_s"]), ms(r.get("ours_batched8_s")),
+                     f"{r['batch8_speedup']:.2f}×" if "batch8_speedup" in r else "–", f"{r['ratio']:.1f}×",
                      f"{r['cpu_ratio']:.1f}×", r["same_sids_and_order"], f"{100 * r['masking_share']:.1f} %"))
         if shape is not None:
             ctx.add_run(f"bench_decoding, prompt {r['prompt_len']}", shape, "4x256 (fp32)", r["prompt_len"], BEAM,
                         r["ours_s"], 1, command)
-    doc.table(command, ("prompt", "SIDs", "HF vectorised ms", "HF prefix fn ms", "ours ms", "ours batched ×8 ms",
-                        "ratio", "CPU-time ratio", "same SIDs & order", "masking"), rows)
-    doc.table(command, ("beam", "HF ms", "ours ms", "ratio", "same"),
-              [(r["beam"], ms(r["hf_vec_s"]), ms(r["ours_s"]), f"{r['ratio']:.1f}×", r["same_sids_and_order"])
-               for r in data["beam_width"]])
-    doc.table(command, ("SIDs", "ours ms", "masking ms", "masking share", "all valid"),
-              [(f"{r['num_sids']:,}", ms(r["ours_s"]), f"{r['masking_ms']:.2f}", f"{100 * r['masking_share']:.1f} %",
-                r["all_valid"]) for r in data["catalog"]])
+    if rows:
+        doc.table(command, ("prompt (beam 128)", "SIDs", "HF vectorised ms", "HF prefix fn ms", "ours ms",
+                            "ours batched ×8 ms", "×8 vs 8 singles", "ratio", "CPU-time ratio", "same SIDs & order",
+                            "masking"), rows)
+    if data.get("beam_width"):
+        doc.table(command, ("beam (prompt 64)", "HF ms", "ours ms", "ratio", "same"),
+                  [(r["beam"], ms(r["hf_vec_s"]), ms(r["ours_s"]), f"{r['ratio']:.1f}×", r["same_sids_and_order"])
+                   for r in data["beam_width"]])
+    if data.get("catalog"):
+        doc.table(command, ("SIDs (beam 128)", "ours ms", "masking ms", "masking share", "all valid"),
+                  [(f"{r['num_sids']:,}", ms(r["ours_s"]), f"{r['masking_ms']:.2f}",
+                    f"{100 * r['masking_share']:.1f} %", r["all_valid"]) for r in data["catalog"]])
 
 
 def section_serving(ctx: Context, doc: Doc) -> None:
@@ -912,11 +921,13 @@ def plot_roofline(ctx: Context, path: Path) -> None:
     x = np.logspace(-1, 3, 200)
     for threads, p in sorted(ctx.peaks.items()):
         ax.plot(x, np.minimum(p["matmul_gflops"], x * p["triad_gbps"]), "--", label=f"peak, {threads} thread(s)")
-    for model, marker in (("tiny (fp32)", "o"), ("4x256 (fp32)", "s")):
-        pts = [r for r in ctx.runs if r["model"] == model and "gflops" in r]
-        if pts:
-            ax.scatter([r["flops"] / r["bytes"] for r in pts], [r["gflops"] for r in pts], marker=marker,
-                       label=f"measured runs, {model} model", alpha=0.7)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in ctx.runs:
+        if "gflops" in r:
+            groups.setdefault(f"{r['run'].split(',')[0]} ({r['model']})", []).append(r)
+    for label, pts in groups.items():
+        ax.scatter([r["flops"] / r["bytes"] for r in pts], [r["gflops"] for r in pts], label=label, alpha=0.7,
+                   marker="s" if "4x256" in label else "o")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte, counted)")

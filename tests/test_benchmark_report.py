@@ -95,7 +95,7 @@ def test_quick_report_has_every_section(tmp_path: Path) -> None:
     docs, out = tmp_path / "docs", tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--skip", "bench_decoding,align", "--out", str(out),
-                           "--docs", str(docs)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                           "--docs", str(docs)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
                           check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (docs / "benchmarks.md").read_text()
