@@ -1,8 +1,9 @@
 """``radgr train sft`` and ``radgr eval``.
 
     radgr train sft --samples DIR --index DIR --out RUN_DIR [--preset tiny | --model PATH] [--catalog PATH]
-                    [--epochs 1 --lr 3e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1
-                     --seed 0 --resume --limit N]
+                    [--epochs 1 --min-steps 600 --max-epochs 30 --val-fraction 0.05 --patience 4 --eval-every 0
+                     --lr 3e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1 --seed 0 --resume
+                     --limit N]
     radgr eval --model RUN_DIR/final --index DIR --samples DIR [--baseline popularity] [--beam-width 128
                --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
 
@@ -44,6 +45,12 @@ class _D:
     logging_steps = 10
     max_steps = -1
     seed = 0
+    # training.sft.SFT_SCHEDULE_DEFAULTS
+    min_steps = 600
+    max_epochs = 30.0
+    val_fraction = 0.05
+    patience = 4
+    eval_every = 0
 
 
 
@@ -54,13 +61,23 @@ def sft_command(
     preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, 0.6b, 1.7b (ignored with --model)."),
     model: Path | None = typer.Option(None, "--model", help="A local Hugging Face causal-LM directory instead."),
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog whose titles also train the tokenizer."),
-    epochs: float = typer.Option(_D.epochs, "--epochs"),
+    epochs: float = typer.Option(_D.epochs, "--epochs", help="Lower bound of the budget in epochs."),
+    min_steps: int = typer.Option(_D.min_steps, "--min-steps",
+                                  help="At least this many steps (unless --max-epochs passes come first)."),
+    max_epochs: float = typer.Option(_D.max_epochs, "--max-epochs", help="At most this many passes over the data."),
+    val_fraction: float = typer.Option(_D.val_fraction, "--val-fraction",
+                                       help="Share of training sessions held out for validation loss (0: none)."),
+    patience: int = typer.Option(_D.patience, "--patience",
+                                 help="Stop after N validations without a new best (0: never early)."),
+    eval_every: int = typer.Option(_D.eval_every, "--eval-every",
+                                   help="Validation every N steps (0: planned steps / 20, in 10..200)."),
     lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (cosine schedule, 5% warm-up)."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Pairs per device micro-batch."),
     grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per optimizer step."),
     save_steps: int = typer.Option(_D.save_steps, "--save-steps", help="Checkpoint every N optimizer steps."),
     logging_steps: int = typer.Option(_D.logging_steps, "--logging-steps"),
-    max_steps: int = typer.Option(_D.max_steps, "--max-steps", help="Stop after N optimizer steps (-1: use --epochs)."),
+    max_steps: int = typer.Option(_D.max_steps, "--max-steps",
+                                  help="Exactly N steps (-1: the adaptive budget; early stopping applies)."),
     seed: int = typer.Option(_D.seed, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N (prompt, positive) pairs."),
@@ -68,6 +85,7 @@ def sft_command(
 ) -> int:
     """Supervised next-SID training on every (prompt, positive) pair."""
     from training.sft import SftConfig, run_sft
+    from training.sft_schedule import SCHEDULE_PLOT_FILE, SftSchedule
     from training.train_config import TrainConfig
     from training.trainer import LOSS_PLOT_FILE, TRAIN_LOG_FILE
 
@@ -78,6 +96,8 @@ def sft_command(
             train=TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                               save_steps=save_steps, logging_steps=logging_steps, seed=seed),
             resume=resume, tokenizer_vocab_size=tokenizer_vocab, limit=limit,
+            schedule=SftSchedule(min_steps=min_steps, max_epochs=max_epochs, val_fraction=val_fraction,
+                                 patience=patience, eval_every=eval_every),
         )
         final = run_sft(cfg)
     except (ValueError, OSError) as exc:
@@ -88,12 +108,16 @@ def sft_command(
     t = Table(title=f"SFT → {final}")
     t.add_column("statistic")
     t.add_column("value", justify="right")
-    for key in ("steps", "train_loss", "pairs", "sessions", "wall_seconds"):
+    for key in ("steps", "train_loss", "val_loss", "pairs", "sessions", "wall_seconds"):
         v = info.get(key)
         t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    sched = info.get("schedule", {})
+    t.add_row("planned steps", f"{sched.get('planned_steps')} ({sched.get('rule')})")
+    t.add_row("stopped early", f"{sched.get('stopped_early')} (best validation loss at step {sched.get('best_step')})")
     t.add_row("parameters", str(info.get("model", {}).get("parameters")))
     console.print(t)
-    console.print(f"log: {out / TRAIN_LOG_FILE}  loss curve: {out / LOSS_PLOT_FILE}")
+    console.print(f"log: {out / TRAIN_LOG_FILE}  loss curve: {out / LOSS_PLOT_FILE}  "
+                  f"schedule: {out / SCHEDULE_PLOT_FILE}")
     return 0
 
 

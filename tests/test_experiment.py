@@ -109,7 +109,14 @@ def test_paper_table_tiny_end_to_end(tiny_world: tuple[Path, Path, Path], tmp_pa
     assert "rdrw/weight_pseudo_neg" in doc["diagnostics"]["rad-dpo"]
     assert "rdrw/weight_pseudo_neg" not in doc["diagnostics"]["rad-dpo-no-rdrw"]
     md = (out / "paper_table.md").read_text()
-    assert "| RAD-DPO |" in md and "±" in md and "true relevance" in md
+    assert "| RAD-DPO |" in md and "true relevance" in md
+    # intervals and paired tests (training.stats): every variant against SFT and RAD-DPO, p in (0, 1]
+    assert "Paired differences" in md and "bootstrap interval" in md and "Run: seed" in md
+    vs = doc["statistics"]["paired"]["dpo"]
+    assert set(vs) == {"vs_sft", "vs_rad-dpo"} and 0.0 < vs["vs_sft"]["R@10"]["p"] <= 1.0
+    ci = doc["statistics"]["intervals"]["rad-dpo"]["R@10"]
+    assert ci["lo"] <= doc["aggregate"]["rad-dpo"]["R@10"][0] <= ci["hi"]
+    assert "per_session" not in doc["runs"]["dpo"][0]["metrics"] and doc["run_info"]["threads"]["torch"] >= 1
     assert (out / "paper_table.png").stat().st_size > 1000
     seeds = {e["seed"] for e in doc["runs"]["dpo"]}
     assert seeds == {0, 1}

@@ -63,7 +63,8 @@ def test_sft_learns_and_beats_popularity(tmp_path: Path) -> None:
     run = tmp_path / "run"
     rc = main(["train", "sft", "--samples", str(world["samples"]), "--index", str(world["index"]), "--out", str(run),
                "--preset", "tiny", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3", "--logging-steps", "5",
-               "--save-steps", "1000", "--tokenizer-vocab", "300"])
+               "--save-steps", "1000", "--tokenizer-vocab", "300", "--min-steps", "0",
+               "--val-fraction", "0"])
     assert rc == 0
     final = run / "final"
     info = read_train_info(final)
@@ -165,3 +166,7 @@ def test_cli_defaults_match_the_library_defaults() -> None:
 
     for name in ("epochs", "lr", "batch_size", "grad_accum", "save_steps", "logging_steps", "max_steps", "seed"):
         assert getattr(_D, name) == getattr(SFT_TRAIN_DEFAULTS, name), name
+    from training.sft import SFT_SCHEDULE_DEFAULTS
+
+    for name in ("min_steps", "max_epochs", "val_fraction", "patience", "eval_every"):
+        assert getattr(_D, name) == getattr(SFT_SCHEDULE_DEFAULTS, name), name

@@ -38,7 +38,7 @@ from decoding.engine import MAX_BEAM_WIDTH, RetrievalEngine, RetrievalRequest, R
 from decoding.engine_factory import ENGINE_KINDS, EngineKind
 from decoding.items import expand_items
 from decoding.prompt import PROMPT_VERSION, encode_prompt
-from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
+from sid_index.atomic_files import write_json_atomic, write_text_atomic
 from training.metrics import hallucination_rate, mean_metrics, session_metrics
 from training.minionerec_eval import minionerec_metrics
 from training.prompt_ids import check_prompt_version
@@ -128,12 +128,14 @@ def score_rankings(rankings: Sequence[Ranking], targets: Sequence[SessionTargets
                    item_ks: Sequence[int] = ITEM_KS, sid_ks: Sequence[int] = SID_KS) -> dict[str, Any]:
     """Mean item and SID metrics (positives, or the true relevance with ``truth``) over the sessions that have any.
 
-    Returns ``{"sessions": n, "item": {"recall@10": ..., "mrr": ...}, "sid": {...}}`` (``sessions`` 0 and empty
-    blocks when no session has targets).
+    Returns ``{"sessions": n, "item": {"recall@10": ..., "mrr": ...}, "sid": {...}, "per_session": {"session_ids":
+    [...], "item": {"recall@10": [...], ...}, "sid": {...}}}`` (the per-session values feed the confidence
+    intervals and paired tests of ``training.eval_intervals``; ``sessions`` 0 and empty blocks when no session
+    has targets).
     """
     if len(rankings) != len(targets):
         raise ValueError(f"rankings ({len(rankings)}) and targets ({len(targets)}) must pair up")
-    item_rows, sid_rows = [], []
+    item_rows, sid_rows, ids = [], [], []
     for rk, t in zip(rankings, targets, strict=True):
         items, sids = (t.relevant_items, t.relevant_sids) if truth else (t.positive_items, t.positive_sids)
         if not items:
@@ -141,9 +143,13 @@ def score_rankings(rankings: Sequence[Ranking], targets: Sequence[SessionTargets
         item_rows.append(session_metrics(list(rk.items), items, item_ks))
         valid = [r for r in rk.sid_rows if r >= 0]
         sid_rows.append(session_metrics(valid, sids, sid_ks))
+        ids.append(t.session_id)
     if not item_rows:
         return {"sessions": 0, "item": {}, "sid": {}}
-    return {"sessions": len(item_rows), "item": mean_metrics(item_rows), "sid": mean_metrics(sid_rows)}
+    per_session = {"session_ids": ids, "item": {k: [r[k] for r in item_rows] for k in item_rows[0]},
+                   "sid": {k: [r[k] for r in sid_rows] for k in sid_rows[0]}}
+    return {"sessions": len(item_rows), "item": mean_metrics(item_rows), "sid": mean_metrics(sid_rows),
+            "per_session": per_session}
 
 
 def run_engine(engine: RetrievalEngine, prompt_ids: Sequence[Sequence[int]], cfg: EvalConfig, *, constrained: bool,
@@ -181,6 +187,8 @@ def evaluate_engine(engine: RetrievalEngine, tokenizer: Any, targets: Sequence[S
     if cfg.hallucination:
         free, free_s = run_engine(engine, prompt_ids, cfg, constrained=False, progress=progress)
         report["hallucination_rate"] = hallucination_rate([[h.valid for h in r.sids] for r in free])
+        report["hallucination_per_session"] = {"invalid": [sum(not h.valid for h in r.sids) for r in free],
+                                               "total": [len(r.sids) for r in free]}
         report["seconds"]["unconstrained"] = free_s
     return report
 
@@ -238,14 +246,18 @@ def evaluate_popularity(index: Any, train_samples: Sequence[Any], targets: Seque
 
 # ---------------------------------------------------------------- report
 
-def _row(name: str, block: dict[str, Any], halluc: float | None) -> str:
+def _row(name: str, block: dict[str, Any], halluc: float | None, entry: dict[str, Any] | None = None,
+         ci_key: str = "ci") -> str:
+    """One table row; with an ``entry`` carrying intervals (``training.eval_intervals``) each cell shows its 95 %
+    interval and, for a compared entry, the significance mark of its paired test against the first row."""
+    from training.eval_intervals import ci_cell, paired_mark
+
     cells = [name]
-    for _, kind, key in TABLE_COLUMNS:
-        if kind is None:
-            cells.append("–" if halluc is None else f"{halluc:.4f}")
-        else:
-            v = block.get(kind, {}).get(key)
-            cells.append("–" if v is None else f"{v:.4f}")
+    ci = (entry or {}).get(ci_key, {})
+    for header, kind, key in TABLE_COLUMNS:
+        v = halluc if kind is None else block.get(kind, {}).get(key)
+        mark = paired_mark(entry, header) if entry is not None and ci_key == "ci" else ""
+        cells.append(ci_cell(None if v is None else float(v), ci.get(header), mark))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -254,47 +266,35 @@ def markdown_table(entries: Sequence[dict[str, Any]]) -> str:
     head = "| method | " + " | ".join(c for c, _, _ in TABLE_COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
     for e in entries:
-        lines.append(_row(e["name"], e["metrics"], e.get("hallucination_rate")))
+        lines.append(_row(e["name"], e["metrics"], e.get("hallucination_rate"), e))
     for e in entries:
         if e.get("truth", {}).get("sessions"):
-            lines.append(_row(f"{e['name']} (true relevance)", e["truth"], None))
+            lines.append(_row(f"{e['name']} (true relevance)", e["truth"], None, e, "ci_truth"))
     n = entries[0]["metrics"]["sessions"] if entries else 0
-    return "\n".join(lines) + f"\n\n{n} test sessions with positives.\n"
+    note = ""
+    if any("ci" in e for e in entries):
+        note = (" [lo, hi]: 95% bootstrap interval over test sessions; * / **: the paired test against the first "
+                "row gives p < 0.05 / 0.01.")
+    return "\n".join(lines) + f"\n\n{n} test sessions with positives.{note}\n"
 
 
 def write_report(entries: Sequence[dict[str, Any]], out: str | Path, meta: dict[str, Any]) -> dict[str, Path]:
-    """``out`` (JSON), ``out`` with ``.md`` (table) and ``.png`` (bar chart of the recalls and MRRs)."""
+    """``out`` (JSON without the per-session values), ``out`` with ``.md`` (table) and ``.png`` (bar chart)."""
+    from training.eval_intervals import strip_sessions, write_chart
+
     out = Path(out)
-    doc = {**meta, "results": list(entries)}
+    doc = {**meta, "results": [strip_sessions(e) for e in entries]}
     write_json_atomic(out, doc, indent=2, sort_keys=True)
     md = out.with_suffix(".md")
-    write_text_atomic(md, markdown_table(entries))
+    text = markdown_table(entries)
+    if "run_info" in meta:
+        from training.run_info import format_run_info
+
+        text += "\n" + format_run_info(meta["run_info"]) + "\n"
+    write_text_atomic(md, text)
     png = out.with_suffix(".png")
-    _write_chart(entries, png)
+    write_chart(entries, png)
     return {"json": out, "markdown": md, "png": png}
-
-
-def _write_chart(entries: Sequence[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = [c for c in TABLE_COLUMNS if c[1] is not None]
-    x = np.arange(len(cols))
-    width = 0.8 / max(len(entries), 1)
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
-    for k, e in enumerate(entries):
-        vals = [float(e["metrics"].get(kind, {}).get(key, 0.0)) for _, kind, key in cols]
-        ax.bar(x + k * width, vals, width, label=e["name"])
-    ax.set_xticks(x + width * (len(entries) - 1) / 2, [c[0] for c in cols], rotation=30)
-    ax.set_ylabel("value")
-    ax.set_title("retrieval metrics on the test sessions")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- the command's library side
@@ -369,7 +369,13 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
         entries.append({"name": "popularity", "model": None, **evaluate_popularity(index, train, targets, run.eval)})
         entries.append({"name": "popularity (items, no beam limit)", "model": None,
                         **evaluate_popularity(index, train, targets, run.eval, items_by_sid=False)})
-    meta = {"index": str(run.index_dir), "samples": str(run.samples_dir), "config": asdict(run.eval),
+    from training.eval_intervals import add_eval_statistics
+    from training.run_info import run_info
+
+    add_eval_statistics(entries)
+    meta = {"run_info": run_info(None), "bootstrap": {"resamples": 2000, "seed": 0, "level": 0.95},
+            "index": str(run.index_dir), "samples": str(run.samples_dir),
+            "config": asdict(run.eval),
             "test_sessions": len(targets), "prompt_version": PROMPT_VERSION}
     return entries, meta
 

@@ -40,6 +40,7 @@ from training.experiment_report import (
     diagnostics_from_log,
     mean_diagnostics,
     shape_checks,
+    variant_statistics,
     write_table_files,
 )
 from training.losses import RadDpoConfig
@@ -148,11 +149,17 @@ def _evaluate(model_dir: Path, index: Any, index_dir: Path, targets: Any, eval_c
 def _write_outputs(cfg: ExperimentConfig, settings: dict[str, Any], eval_cfg: EvalConfig, n_targets: int,
                    runs: dict[str, list[dict[str, Any]]], diagnostics: dict[str, list[dict[str, float]]],
                    wall: float, done: int, total: int) -> dict[str, Path]:
+    from training.eval_intervals import strip_sessions
+    from training.run_info import run_info
+
     agg = aggregate(runs)
+    stats = variant_statistics(runs)
     doc = {"dataset": cfg.dataset_name, "preset": cfg.preset, "seeds": cfg.seeds, "settings": settings,
            "eval": asdict(eval_cfg), "test_sessions": n_targets, "aggregate": agg,
-           "aggregate_truth": aggregate(runs, truth=True), "diagnostics": mean_diagnostics(diagnostics),
-           "checks": shape_checks(agg), "runs": runs, "wall_seconds": wall, "runs_done": done, "runs_total": total}
+           "aggregate_truth": aggregate(runs, truth=True), "statistics": stats,
+           "diagnostics": mean_diagnostics(diagnostics), "checks": shape_checks(agg, stats["paired"]),
+           "runs": {v: [strip_sessions(e) for e in es] for v, es in runs.items()}, "run_info": run_info(None),
+           "wall_seconds": wall, "runs_done": done, "runs_total": total}
     return write_table_files(cfg.out_dir, doc, done, total)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from sid_index.atomic_files import save_figure_atomic, write_json_atomic, write_text_atomic
 from training.evaluate import TABLE_COLUMNS
+from training.stats import ALPHA
 from training.trainer import TRAIN_LOG_FILE
 
 # variant → the paper's name for its row, in the table's row order
@@ -69,13 +70,24 @@ def _header_of(block: str, key: str) -> str:
     return next(h for h, b, k in TABLE_COLUMNS if b == block and k == key)
 
 
-def shape_checks(agg: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+def _paired_p(paired: dict[str, dict[str, Any]], a: str, b: str, header: str) -> float | None:
+    """p of the paired test between variants a and b on one column (either direction), None if not run."""
+    for x, y in ((a, b), (b, a)):
+        r = paired.get(x, {}).get(f"vs_{y}", {}).get(header)
+        if r is not None:
+            return float(r["p"])
+    return None
+
+
+def shape_checks(agg: dict[str, dict[str, list[float]]],
+                 paired: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The paper's qualitative ordering (docs/alignment.md, "The paper's ordering"), each claim checked on our means
     for the headline metrics.
 
     Claims: DPO < SFT; SimPO > SFT; ORPO > SFT; RAD-DPO ≥ every other method; each ablation < RAD-DPO.
-    A claim "holds" on a metric when the means are ordered as claimed; ``within_noise`` marks differences smaller
-    than the larger of the two standard deviations.
+    A claim "holds" on a metric when the means are ordered as claimed; ``p`` is the paired test's p-value where
+    one of the two is SFT or RAD-DPO (``variant_statistics``), ``significant`` = p < 0.05; ``within_noise`` marks
+    differences smaller than the larger of the two standard deviations over seeds.
     """
     claims: list[tuple[str, str, str, str]] = [("DPO below SFT", "dpo", "<", "sft"),
                                                ("SimPO above SFT", "simpo", ">", "sft"),
@@ -88,17 +100,19 @@ def shape_checks(agg: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]
     for text, a, op, b in claims:
         if a not in agg or b not in agg:
             continue
-        per_metric = {}
+        per_metric: dict[str, dict[str, Any]] = {}
         for block, key in CHECK_METRICS:
             h = _header_of(block, key)
             if h not in agg[a] or h not in agg[b]:
                 continue
             (ma, sa, _), (mb, sb, _) = agg[a][h][:3], agg[b][h][:3]
             holds = ma < mb if op == "<" else ma > mb
+            p = _paired_p(paired or {}, a, b, h)
             per_metric[f"{block} {key}"] = {"holds": bool(holds), "diff": ma - mb,
-                                            "within_noise": bool(abs(ma - mb) <= max(sa, sb))}
+                                            "within_noise": bool(abs(ma - mb) <= max(sa, sb)), "p": p,
+                                            "significant": p is not None and p < ALPHA}
         if per_metric:
-            n_hold = sum(v["holds"] for v in per_metric.values())
+            n_hold = sum(bool(v["holds"]) for v in per_metric.values())
             out.append({"claim": text, "metrics": per_metric, "holds_on": n_hold, "of": len(per_metric)})
     return out
 
@@ -128,11 +142,61 @@ def diagnostics_from_log(run_dir: Path) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _fmt(cell: list[float] | None) -> str:
+def _fmt(cell: list[float] | None, ci: dict[str, float] | None = None, mark: str = "") -> str:
+    """``mean ± std`` over seeds, or with a bootstrap interval ``mean [lo, hi]`` and significance marks."""
     if cell is None:
         return "–"
     m, s, n = cell
+    if ci is not None:
+        return f"{m:.4f}{mark} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
     return f"{m:.4f}" if n <= 1 else f"{m:.4f} ± {s:.4f}"
+
+
+def _marks(doc: dict[str, Any], variant: str, header: str) -> str:
+    """† p < 0.05 against SFT, ‡ p < 0.05 against RAD-DPO (paired tests over the same sessions and seeds)."""
+    paired = doc.get("statistics", {}).get("paired", {}).get(variant, {})
+    out = ""
+    for ref, sym in (("sft", "†"), ("rad-dpo", "‡")):
+        r = paired.get(f"vs_{ref}", {}).get(header)
+        if r is not None and r["p"] < ALPHA:
+            out += sym
+    return out
+
+
+def variant_statistics(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Bootstrap intervals of every variant (over sessions and seeds) and paired tests against SFT and RAD-DPO.
+
+    ``{"intervals": {variant: {header: ci}}, "intervals_truth": {...}, "paired": {variant: {"vs_sft": {header:
+    diff}, "vs_rad-dpo": {...}}}}`` (``training.eval_intervals``); entries without per-session values give none.
+    """
+    from training.eval_intervals import compare, intervals
+
+    stats: dict[str, Any] = {"intervals": {}, "intervals_truth": {}, "paired": {}}
+    for v, entries in runs.items():
+        stats["intervals"][v] = intervals(entries)
+        if any(e.get("truth", {}).get("sessions") for e in entries):
+            stats["intervals_truth"][v] = intervals(entries, truth=True)
+        for ref in ("sft", "rad-dpo"):
+            if ref in runs and ref != v:
+                stats["paired"].setdefault(v, {})[f"vs_{ref}"] = compare(entries, runs[ref])
+    return stats
+
+
+def paired_table(doc: dict[str, Any]) -> list[str]:
+    """Markdown lines: each variant minus SFT and minus RAD-DPO on the headline metrics, interval and p."""
+    paired = doc.get("statistics", {}).get("paired", {})
+    heads = [_header_of(b, k) for b, k in CHECK_METRICS]
+    lines = ["| method | vs | " + " | ".join(f"Δ {'item ' + h if h in ('R@10', 'MRR') else h}" for h in heads)
+             + " |", "|" + "---|" * (len(heads) + 2)]
+    for v in PAPER_NAMES:
+        for ref in ("sft", "rad-dpo"):
+            row = paired.get(v, {}).get(f"vs_{ref}")
+            if not row:
+                continue
+            cells = [(f"{row[h]['diff']:+.4f} [{row[h]['lo']:+.3f}, {row[h]['hi']:+.3f}] p {row[h]['p']:.3f}"
+                      if h in row else "–") for h in heads]
+            lines.append("| " + " | ".join([PAPER_NAMES[v], PAPER_NAMES[ref], *cells]) + " |")
+    return lines if len(lines) > 2 else []
 
 
 def markdown_report(doc: dict[str, Any]) -> str:
@@ -142,16 +206,26 @@ def markdown_report(doc: dict[str, Any]) -> str:
     sep = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
     lines = [f"## Paper table — {doc['dataset']} data ({doc['preset']} config, {doc['seeds']} seed(s))", "",
              head, sep]
+    ivs = doc.get("statistics", {}).get("intervals", {})
     for v in variants:
-        cells = [_fmt(doc["aggregate"][v].get(h)) for h, _, _ in TABLE_COLUMNS]
+        cells = [_fmt(doc["aggregate"][v].get(h), ivs.get(v, {}).get(h), _marks(doc, v, h))
+                 for h, _, _ in TABLE_COLUMNS]
         lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
-    lines += ["", f"mean ± sample std over seeds; SFT is one checkpoint (n = 1). {doc['test_sessions']} test sessions, "
+    note = ("mean over seeds [95% bootstrap interval over test sessions and seeds]; † / ‡: a paired test against "
+            "SFT / RAD-DPO over the same sessions and seeds gives p < 0.05" if ivs else "mean ± sample std over seeds")
+    lines += ["", f"{note}; SFT is one checkpoint (n = 1). {doc['test_sessions']} test sessions, "
               f"beam {doc['eval']['beam_width']}, top-{doc['eval']['top_k']} items."]
+    ptab = paired_table(doc)
+    if ptab:
+        lines += ["", "### Paired differences (method − reference, same sessions and seeds; paired bootstrap)", "",
+                  *ptab]
     truth = doc.get("aggregate_truth", {})
     if any(truth.get(v) for v in variants):
         lines += ["", "### Against the simulator's true relevance", "", head, sep]
+        ivt = doc.get("statistics", {}).get("intervals_truth", {})
         for v in variants:
-            cells = [_fmt(truth[v].get(h)) if h in truth.get(v, {}) else "–" for h, _, _ in TABLE_COLUMNS]
+            cells = [_fmt(truth[v].get(h), ivt.get(v, {}).get(h)) if h in truth.get(v, {}) else "–"
+                     for h, _, _ in TABLE_COLUMNS]
             lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
     diag = doc.get("diagnostics", {})
     if diag:
@@ -166,13 +240,20 @@ def markdown_report(doc: dict[str, Any]) -> str:
             if v in diag:
                 lines.append("| " + " | ".join([PAPER_NAMES[v], *(f"{diag[v][k]:.4f}" if k in diag[v] else "–"
                                                                    for k, _ in keys)]) + " |")
+    if doc.get("run_info"):
+        from training.run_info import format_run_info
+
+        lines += ["", format_run_info(doc["run_info"]), f"Wall time: {doc.get('wall_seconds', 0.0):.0f} s."]
     checks = doc.get("checks", [])
     if checks:
-        lines += ["", "### The paper's ordering, checked (item R@10, item MRR, SID R@8, SID MRR)", "",
+        lines += ["", "### The paper's ordering, checked (item R@10, item MRR, SID R@8, SID MRR; p: paired test)", "",
                   "| claim | holds on | details |", "|---|---|---|"]
         for c in checks:
             det = "; ".join(f"{m}: {'✓' if r['holds'] else '✗'} {r['diff']:+.4f}"
-                            f"{' (within noise)' if r['within_noise'] else ''}" for m, r in c["metrics"].items())
+                            + (f" (p {r['p']:.3f}{', significant' if r['significant'] else ''})"
+                               if r.get("p") is not None else
+                               f"{' (within noise)' if r['within_noise'] else ''}")
+                            for m, r in c["metrics"].items())
             lines.append(f"| {c['claim']} | {c['holds_on']}/{c['of']} | {det} |")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,10 @@ Contract:
   4 targets (log-softmax over the full vocabulary); prompt tokens carry no loss.
 - Batches are left-padded (:func:`training.batching.pad_left`), so the 4 predicting positions are the last 4
   columns of every row and the model computes logits for those only (``logits_to_keep=4``).
+- A seeded share of the training *sessions* is held out for validation, and unless ``max_steps`` is given the
+  step budget and early stopping on the validation loss come from :mod:`training.sft_schedule` (the chosen
+  steps, the rule and the validation losses go to ``radgr_train.json``'s ``schedule``, ``train_log.json`` and
+  ``RUN_DIR/schedule.png``).
 - ``run_sft(cfg)`` trains with :class:`training.trainer.RadgrTrainer` and writes ``RUN_DIR/final/``
   (model dir + tokenizer + generation_config + ``radgr_train.json`` with method "sft"), ``RUN_DIR/train_log.json``,
   ``RUN_DIR/loss.png`` and checkpoints under ``RUN_DIR/checkpoints``.
@@ -23,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +41,25 @@ from training.batching import LABEL_KEY, UNITS_KEY, ListDataset, pad_left
 from training.logprobs import target_log_probs
 from training.packing import CANDIDATE_LEN
 from training.prompt_ids import PromptIds, check_prompt_version
+from training.sft_schedule import (
+    SCHEDULE_PLOT_FILE,
+    SftSchedule,
+    ValidationCallback,
+    early_stop_status,
+    planned_steps,
+    split_validation,
+    write_schedule_plot,
+)
 from training.train_config import TrainConfig, training_arguments
 from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
 
 logger = logging.getLogger(__name__)
 
-# Tuned for the tiny preset on the demo data (docs/training.md): one epoch learns the query -> SID mapping well.
+# Tuned for the tiny preset on the demo data (docs/training.md). ``epochs`` is a lower bound of the budget: the
+# step count comes from training.sft_schedule (min_steps, max_epochs, early stopping on validation loss) unless
+# max_steps is given.
 SFT_TRAIN_DEFAULTS = TrainConfig(epochs=1.0, lr=3e-3, batch_size=64, save_steps=200, logging_steps=10)
+SFT_SCHEDULE_DEFAULTS = SftSchedule()
 
 
 # ---------------------------------------------------------------- examples
@@ -159,6 +175,7 @@ class SftConfig:
     resume: bool = False
     tokenizer_vocab_size: int = 2048
     limit: int | None = None  # use only the first N pairs (smoke runs)
+    schedule: SftSchedule = SFT_SCHEDULE_DEFAULTS
 
     def __post_init__(self) -> None:
         from training.model import PRESETS
@@ -213,38 +230,73 @@ def _catalog_titles(catalog_path: Path | None) -> list[str]:
     return list(read_catalog(catalog_path).titles)
 
 
+def _plan(cfg: SftConfig, pairs: int) -> dict[str, Any]:
+    """The step budget: ``--max-steps`` when given, else :func:`training.sft_schedule.planned_steps`."""
+    if cfg.train.max_steps > 0:
+        return {"steps": cfg.train.max_steps, "steps_per_epoch": None, "epoch_steps": None, "cap_steps": None,
+                "rule": f"max_steps {cfg.train.max_steps} (given)"}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return planned_steps(pairs, cfg.train.batch_size * cfg.train.grad_accum * world, cfg.train.epochs, cfg.schedule)
+
+
 def run_sft(cfg: SftConfig) -> Path:
     """Train, then write ``RUN_DIR/final``; returns that path."""
     from sid_index.index import SidIndex
+    from training.data.sample_format import read_samples
     from training.model import num_parameters, save_model_dir
 
     t0 = time.time()
     index = SidIndex.load(cfg.index_dir)
     train_path = cfg.samples_dir / "train.parquet"
-    pairs = read_sft_pairs(train_path)
+    if not train_path.is_file():
+        raise ValueError(f"samples file {train_path} does not exist")
+    train_rows, val_rows = split_validation(read_samples(train_path), cfg.schedule, cfg.train.seed)
+    pairs, val_pairs = sft_pairs(train_rows), sft_pairs(val_rows)
     if cfg.limit is not None:
         pairs = SftPairs(pairs.prompts[: cfg.limit], pairs.codes[: cfg.limit], pairs.num_sessions)
     if not pairs.prompts:
         raise ValueError(f"{train_path} holds no (prompt, positive) pairs")
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = prepare_model_and_tokenizer(cfg, index, sorted(set(pairs.prompts)))
+    model, tokenizer = prepare_model_and_tokenizer(cfg, index, sorted(set(pairs.prompts) | set(val_pairs.prompts)))
     vocab = SidVocab.from_tokenizer(tokenizer, index.codebook_sizes,
                                     vocab_size=model.get_input_embeddings().num_embeddings)
-    examples = encode_sft_examples(pairs, tokenizer, vocab, max_length=model.config.max_position_embeddings)
-    logger.info("SFT: %d pairs from %d sessions, model %d parameters", len(examples), pairs.num_sessions,
-                num_parameters(model))
+    max_len = model.config.max_position_embeddings
+    examples = encode_sft_examples(pairs, tokenizer, vocab, max_length=max_len)
+    collator = SftCollator(pad_id=int(tokenizer.pad_token_id))
+    plan = _plan(cfg, len(examples))
+    train_cfg = replace(cfg.train, max_steps=plan["steps"])
+    logger.info("SFT: %d pairs from %d sessions (validation: %d pairs from %d sessions), model %d parameters; "
+                "%d steps (%s)", len(examples), pairs.num_sessions, len(val_pairs.prompts), val_pairs.num_sessions,
+                num_parameters(model), plan["steps"], plan["rule"])
+    val_examples = encode_sft_examples(val_pairs, tokenizer, vocab, max_length=max_len)
+    val_batches = [collator(val_examples[i : i + cfg.train.batch_size])
+                   for i in range(0, len(val_examples), cfg.train.batch_size)]
+    validation = ValidationCallback(val_batches, lambda m, b: sft_loss_sum(candidate_log_probs(m, b)),
+                                    cfg.schedule.eval_interval(plan["steps"]), cfg.schedule)
     trainer = SftTrainer(
-        model=model, args=training_arguments(cfg.train, cfg.out_dir), train_dataset=ListDataset(examples),
-        data_collator=SftCollator(pad_id=int(tokenizer.pad_token_id)), callbacks=run_callbacks(cfg.out_dir),
+        model=model, args=training_arguments(train_cfg, cfg.out_dir), train_dataset=ListDataset(examples),
+        data_collator=collator, callbacks=[*run_callbacks(cfg.out_dir), validation],
     )
     resumed_from = last_checkpoint(cfg.out_dir) if cfg.resume else None
     result = trainer.train_with_resume(cfg.resume)
     final = cfg.out_dir / "final"
     if trainer.is_world_process_zero():
+        history = trainer.state.log_history
+        status = early_stop_status(history, cfg.schedule.patience, cfg.schedule.min_delta)
+        evals = [r["eval_loss"] for r in history if "eval_loss" in r]
+        schedule = {**plan, "planned_steps": plan["steps"], "steps": int(trainer.state.global_step),
+                    "stopped_early": validation.stopped_early, "eval_every": validation.interval,
+                    "best_val_loss": status["best"], "best_step": status["best_step"],
+                    "final_val_loss": float(evals[-1]) if evals else None,
+                    "val_sessions": val_pairs.num_sessions, "val_pairs": len(val_examples),
+                    "settings": asdict(cfg.schedule)}
+        write_schedule_plot(history, schedule, cfg.out_dir / SCHEDULE_PLOT_FILE)
         info = {
             "method": "sft",
             "steps": int(trainer.state.global_step),
             "train_loss": float(result.training_loss),
+            "val_loss": schedule["final_val_loss"],
+            "schedule": schedule,
             "pairs": len(examples),
             "sessions": pairs.num_sessions,
             "data": {"samples": str(cfg.samples_dir), "index": str(cfg.index_dir)},
@@ -253,7 +305,7 @@ def run_sft(cfg: SftConfig) -> Path:
                       "parameters": num_parameters(model)},
             "codebook_sizes": list(index.codebook_sizes),
             "prompt_version": PROMPT_VERSION,
-            "config": {**asdict(cfg.train), "tokenizer_vocab_size": cfg.tokenizer_vocab_size, "limit": cfg.limit},
+            "config": {**asdict(train_cfg), "tokenizer_vocab_size": cfg.tokenizer_vocab_size, "limit": cfg.limit},
             "resumed_from": resumed_from,
             "wall_seconds": time.time() - t0,
         }
