@@ -132,3 +132,7 @@ def test_variant_statistics_pairs_every_method_with_sft_and_rad_dpo() -> None:
     checks = {c["claim"]: c for c in shape_checks(agg, stats["paired"])}
     r = checks["RAD-DPO above DPO"]["metrics"]["item recall@10"]
     assert r["holds"] and r["significant"] and r["p"] < 0.01
+    siz = stats["sizing"]["dpo vs_sft"]
+    d = metric_sample(dpo, "item", "recall@10").per_session() - metric_sample(sft, "item", "recall@10").per_session()  # type: ignore[union-attr]
+    assert siz["per_session_sd"] == pytest.approx(d.std(ddof=1))
+    assert siz["sessions_for_target"] == int(np.ceil((d.std(ddof=1) / 0.005) ** 2))

@@ -29,6 +29,8 @@ from training.trainer import TRAIN_LOG_FILE
 # variant → the paper's name for its row, in the table's row order
 PAPER_NAMES = {"sft": "SFT", "dpo": "DPO", "simpo": "SimPO", "orpo": "ORPO", "rad-dpo": "RAD-DPO",
                "rad-dpo-no-tlgd": "w/o TLGD", "rad-dpo-no-rdrw": "w/o RDRW", "rad-dpo-no-ml-sft": "w/o ML-SFT"}
+# the paired standard error of item R@10 differences the default preset is sized for (issue 19)
+TARGET_SE = 0.005
 # the metrics the qualitative checks compare (the paper's headline columns)
 CHECK_METRICS = (("item", "recall@10"), ("item", "mrr"), ("sid", "recall@8"), ("sid", "mrr"))
 
@@ -179,7 +181,27 @@ def variant_statistics(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         for ref in ("sft", "rad-dpo"):
             if ref in runs and ref != v:
                 stats["paired"].setdefault(v, {})[f"vs_{ref}"] = compare(entries, runs[ref])
+    stats["sizing"] = sizing(stats["paired"])
     return stats
+
+
+def sizing(paired: dict[str, dict[str, Any]], header: str = "R@10", target_se: float = TARGET_SE
+           ) -> dict[str, dict[str, float]]:
+    """Per comparison: the measured paired standard error of ``header`` differences (sd of the per-session,
+    seed-averaged differences / √n) and the test sessions that would bring it to ``target_se``: ⌈(sd / target)²⌉."""
+    from training.stats import sessions_needed
+
+    out = {}
+    for v, refs in paired.items():
+        for ref, cols in refs.items():
+            r = cols.get(header)
+            if r is None or not math.isfinite(r["paired_se"]):
+                continue
+            sd = r["paired_se"] * math.sqrt(r["sessions"])
+            out[f"{v} {ref}"] = {"paired_se": r["paired_se"], "per_session_sd": sd, "sessions": r["sessions"],
+                                 "sessions_for_target": sessions_needed(sd, target_se) if sd > 0 else 0,
+                                 "target_se": target_se}
+    return out
 
 
 def paired_table(doc: dict[str, Any]) -> list[str]:
@@ -215,6 +237,12 @@ def markdown_report(doc: dict[str, Any]) -> str:
             "SFT / RAD-DPO over the same sessions and seeds gives p < 0.05" if ivs else "mean ± sample std over seeds")
     lines += ["", f"{note}; SFT is one checkpoint (n = 1). {doc['test_sessions']} test sessions, "
               f"beam {doc['eval']['beam_width']}, top-{doc['eval']['top_k']} items."]
+    siz = doc.get("statistics", {}).get("sizing", {})
+    if siz:
+        worst = max(siz.values(), key=lambda r: r["paired_se"])
+        lines += ["", f"Paired standard error of item R@10 differences: at most {worst['paired_se']:.4f} here "
+                  f"(target {TARGET_SE}); the largest per-session sd {worst['per_session_sd']:.3f} needs "
+                  f"{worst['sessions_for_target']} test sessions for the target."]
     ptab = paired_table(doc)
     if ptab:
         lines += ["", "### Paired differences (method − reference, same sessions and seeds; paired bootstrap)", "",
