@@ -106,8 +106,8 @@ class Sizes:
         if quick:
             return Sizes(prompt_lens=(32, 64), beam_widths=(8, 128), catalogs=(1_000, 10_000), main_sids=2_000,
                          engine_reps=1, hf_reps=1, with_vllm=False,
-                         sweep_args=("--sweep-start-qps", "4", "--sweep-step-s", "3", "--sweep-settle-s", "1",
-                                     "--sweep-max-steps", "2", "--sweep-overload", "1"),
+                         sweep_args=("--sweep-step-s", "3", "--sweep-settle-s", "1", "--sweep-max-steps", "2",
+                                     "--sweep-overload", "1"),
                          align_args=("--steps", "1", "--batch-size", "2", "--repeats", "1", "--prompt-tokens", "40"),
                          sid_index_args=("--sizes", "2000", "--codebooks", "16,16,16"),
                          data_args=("--sessions", "800"), decoding_args=("--quick",),
@@ -115,7 +115,7 @@ class Sizes:
         return Sizes(prompt_lens=(32, 64, 128, 256, 512), beam_widths=(8, 16, 32, 64, 128),
                      catalogs=(1_000, 10_000, 100_000, 1_000_000), main_sids=20_000, engine_reps=5, hf_reps=2,
                      with_vllm=True,
-                     sweep_args=("--sweep-start-qps", "4", "--sweep-step-s", "10", "--sweep-settle-s", "3"),
+                     sweep_args=("--sweep-step-s", "10", "--sweep-settle-s", "3"),
                      align_args=("--steps", "5", "--batch-size", "8", "--repeats", "1", "--prompt-tokens", "200"),
                      sid_index_args=("--sizes", "100000,1000000"), data_args=("--sessions", "100000"),
                      decoding_args=(), peak_matmul_n=2048, peak_stream_floats=1 << 25, step_timeout_s=900.0)
@@ -534,10 +534,10 @@ def plan(ctx: Context) -> list[Planned]:
                                               rel(out / "bench_decoding"))))
     radgr = rel(Path(sys.executable).parent / "radgr")
     for engine in ["torch"] + (["vllm"] if with_vllm(sizes) else []):
-        start = ("--sweep-start-qps", "2") if engine == "vllm" else ()
+        start = ("--sweep-start-qps", "2" if engine == "vllm" else "4")  # vLLM's capacity here is ~5x lower
         steps.append(Planned(f"sweep_{engine}", Command(
             (radgr, "loadtest", "--bundle", rel(ctx.work / "bundle"), "--engine", engine, "--sweep",
-             *sizes.sweep_args, *start, "--client-cpus", "1", "--out", rel(out / f"sweep-{engine}")),
+             *start, *sizes.sweep_args, "--client-cpus", "1", "--out", rel(out / f"sweep-{engine}")),
             (("OMP_NUM_THREADS", "1"),)), needs_bundle=True, ok_codes=(0, 1)))
     for name, script, args, threads in (("align", "bench_align.py", sizes.align_args, 2),
                                         ("sid_index", "bench_sid_index.py", sizes.sid_index_args, 2),
@@ -701,7 +701,10 @@ def plot_engines(ctx: Context, results: dict[str, dict[str, Any]], kinds: Sequen
             if pts:
                 ax.plot([p[key] for p in pts], [1e3 * p["seconds"] for p in pts], "o-", label=ENGINE_NAMES[kind])
         ax.set_xscale("log", base=2 if grid != "catalog" else 10)
-        ax.set_yscale("log")
+        if grid == "catalog":  # flat is the expected shape: a linear axis from 0 shows it as it is
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("ms per request")
         ax.grid(alpha=0.3, which="both")
