@@ -489,6 +489,7 @@ class Context:
     t0: float
     skip: frozenset[str] = frozenset()
     render_only: bool = False
+    note: str = ""
     steps: dict[str, StepResult] = field(default_factory=dict)
     peaks: dict[int, dict[str, float]] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)  # measured runs for the roofline
@@ -971,9 +972,10 @@ def header(ctx: Context, before: dict[str, Any], after: dict[str, Any], started:
         ("total wall time", f"{wall_s / 60:.1f} min"),
         ("failed steps", ", ".join(n for n, s in ctx.steps.items() if s.error) or "none"),
         ("skipped steps (--skip)", ", ".join(n for n, s in ctx.steps.items() if s.skipped) or "none"),
+        *((("note", ctx.note),) if ctx.note else ()),
     ])
-    step_rows = [(n, f"{s.wall_s:.1f}", "not run (--skip)" if s.skipped else s.error or "ok", f"`{s.log}`")
-                 for n, s in ctx.steps.items()]
+    step_rows = [(n, "–" if ctx.render_only or s.skipped else f"{s.wall_s:.1f}",
+                  "not run (--skip)" if s.skipped else s.error or "ok", f"`{s.log}`") for n, s in ctx.steps.items()]
     head.heading("Steps", 3)
     head.table(command, ("step", "wall s", "result", "log"), step_rows)
     return head.lines
@@ -981,13 +983,13 @@ def header(ctx: Context, before: dict[str, Any], after: dict[str, Any], started:
 
 # --------------------------------------------------------------------------------------------------------- main
 def run_report(quick: bool, out: Path, docs: Path, skip: frozenset[str] = frozenset(),
-               render_only: bool = False) -> int:
+               render_only: bool = False, note: str = "") -> int:
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     before = machine_info()
     print(f"load average before: {before['load_average']}; busy: {before['busy_processes']}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(quick, out, out / "work", Sizes.for_mode(quick), t0, skip, render_only)
+    ctx = Context(quick, out, out / "work", Sizes.for_mode(quick), t0, skip, render_only, note)
     steps = plan(ctx)
     unknown = skip - {s.name for s in steps}
     if unknown:
@@ -1031,6 +1033,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(their sections say so)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from OUT's results without "
                     "running anything (steps' wall times are then not known)")
+    ap.add_argument("--note", default="", help="a line for the header (how this run differed, e.g. what else ran)")
     ap.add_argument("--worker", choices=("peak", "prepare", "engines"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="1", help=argparse.SUPPRESS)
     ap.add_argument("--matmul-n", type=int, default=2048, help=argparse.SUPPRESS)
@@ -1050,7 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         skip = frozenset(n for n in args.skip.split(",") if n)
         return run_report(args.quick, Path(os.path.abspath(args.out)), Path(os.path.abspath(args.docs)), skip,
-                          args.render_only)
+                          args.render_only, args.note)
     return 0
 
 
