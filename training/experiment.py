@@ -77,13 +77,15 @@ class ExperimentPreset:
 
 
 PRESETS: dict[str, ExperimentPreset] = {
-    # sized for ≈ 60 min on 2 CPU cores with the tiny model preset and the simulator's default data:
-    # 21 alignment runs of 200 steps × 8 sessions, 22 evaluations of 300 test sessions at beam 128 (an estimate
-    # from per-step times measured on the shared machine, not a measured end-to-end run)
+    # 1,000 test sessions: the paired standard error of an item R@10 difference is sd(d) / √n, and the measured
+    # per-session sd of RAD-DPO − SFT differences was 0.100 (600 Amazon test sessions; each method alone 0.33), so
+    # SE ≤ 0.005 needs n ≥ (0.100 / 0.005)² = 400; 1,000 leaves room for comparisons whose models move further
+    # (sd up to 0.158). Every table reports the SE it reached (statistics.sizing). 21 alignment runs of 200 steps
+    # × 8 sessions, 22 evaluations at beam 128 (times: docs/alignment.md).
     "default": ExperimentPreset(
         train=replace(default_align_train_config(), max_steps=200, batch_size=8, save_steps=250, logging_steps=10,
                       lr=3e-4),
-        eval=EvalConfig(beam_width=128, top_k=500, batch_size=8, limit=300),
+        eval=EvalConfig(beam_width=128, top_k=500, batch_size=8, limit=1000),
         rdrw_window=512, train_limit=None,
     ),
     # CI: a few steps and a few test sessions, beam 16
