@@ -10,7 +10,8 @@ Contract:
   (the level-2 ``allowed`` table, one byte per ``(depth-2 node, code)``).
 - :func:`select_constrained` keeps, per request, the best ``widths[r]`` of ``beam score + token log-prob`` over
   the live beams' valid children: one gather of allowed rows, one ``masked_fill`` and one ``topk`` over the
-  flattened ``[R, Bcur·W]`` candidates. The candidate values are computed exactly as the CSR reference
+  flattened ``[R, Bcur·W]`` candidates, equal scores in candidate order (parent slot, then code: the vLLM
+  engine's tie rule). The candidate values are computed exactly as the CSR reference
   :func:`select_constrained_csr` computes them (``(score − lse) + logit``), so both return the same beams.
 - :func:`select_unconstrained` does the same over the full vocabulary (two-stage top-k: per beam, then per request,
   which equals the flat top-k).
@@ -105,11 +106,21 @@ class TrieTensors:
 
 
 def _best(cand: torch.Tensor, widths: torch.Tensor, bmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``cand`` ``[R, N]``: the best ``bmax`` values (descending) and their columns, padded with
-    ``-inf``/0 past ``N``; slots ``>= widths[r]`` and non-finite values are dead (``-inf``, column 0)."""
+    """Per row of ``cand`` ``[R, N]``: the best ``bmax`` values (descending; equal values in column order, the
+    lower column first — the vLLM engine's (parent beam, token) tie rule) and their columns, padded with ``-inf``/0
+    past ``N``; slots ``>= widths[r]`` and non-finite values are dead (``-inf``, column 0). Static shapes."""
     n_req, n = cand.shape
     k = min(bmax, n)
-    vals, idx = torch.topk(cand, k, dim=1, sorted=True)
+    kth = torch.topk(cand, k, dim=1, sorted=True).values[:, k - 1:k]  # the k-th best value per row
+    greater, tied = cand > kth, cand == kth
+    need = k - greater.sum(1, keepdim=True)  # how many of the values equal to the k-th one get in: the first ones
+    take = greater | (tied & (torch.cumsum(tied, 1) <= need))  # exactly k per row
+    cols = torch.arange(n, device=cand.device).expand(n_req, n)
+    slot = torch.where(take, torch.cumsum(take, 1) - 1, torch.full_like(cols, k))  # the rest go to a spare slot k
+    idx = torch.zeros((n_req, k + 1), dtype=torch.long, device=cand.device).scatter_(1, slot, cols)[:, :k]
+    vals = torch.gather(cand, 1, idx)
+    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)  # columns ascending among equal values
+    idx = torch.gather(idx, 1, order)
     if k < bmax:  # fewer candidates than slots (static: depends on shapes only)
         vals = torch.cat([vals, vals.new_full((n_req, bmax - k), NEG_INF)], 1)
         idx = torch.cat([idx, idx.new_zeros((n_req, bmax - k))], 1)

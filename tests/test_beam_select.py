@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoding.beam_search import beam_search, decode_levels, left_pad, prefill_mask, tree_step_mask
-from decoding.beam_select import TrieTensors, select_constrained, select_constrained_csr
+from decoding.beam_select import TrieTensors, segmented_topk, select_constrained, select_constrained_csr
 from decoding.cuda_graphs import GraphedDecode
 from decoding.engine import RetrievalRequest
 from decoding.sid_vocab import SidVocab
@@ -173,3 +173,13 @@ def test_cuda_only_options_are_refused_on_cpu(lm: Lm) -> None:
     assert next(model.parameters()).dtype == torch.float32
     [res] = engine.retrieve_batch([RetrievalRequest((5, 6, 7), beam_width=16, top_k_items=5)])
     assert len(res.sids) == 16 and res.timings["transfer"] >= 0
+
+
+def test_equal_scores_go_to_the_earlier_candidate() -> None:
+    """Ties are broken by candidate order (parent slot, then code), the vLLM engine's rule: at the boundary of the
+    top k and inside it. Scores 1, 2, 2, 0.5, 2: the best two are columns 1 and 2 (not 4); the best four 1, 2, 4, 0."""
+    scores = torch.tensor([1.0, 2.0, 2.0, 0.5, 2.0])
+    vals, idx = segmented_topk(scores, torch.tensor([5]), torch.tensor([2]))
+    assert idx.tolist() == [[1, 2]] and vals.tolist() == [[2.0, 2.0]]
+    _, idx = segmented_topk(scores, torch.tensor([5]), torch.tensor([4]))
+    assert idx.tolist() == [[1, 2, 4, 0]]
