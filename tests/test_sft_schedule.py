@@ -95,10 +95,14 @@ def test_validation_callback_logs_and_stops() -> None:
 
 
 def _small_sim_world(root: Path) -> dict[str, Path]:
-    """The simulator on a 300-item catalog (4 days), SIDs from category one-hots plus noise (no encoder)."""
+    """The simulator on a 300-item catalog (4 days, short histories so prompts stay short), SIDs from category
+    one-hots plus noise (no encoder)."""
+    from training.data.sim_config import SimConfig
+    from training.data.simulator import simulate_to_dir
+
     data, index, samples = root / "data", root / "index", root / "samples"
-    assert main(["data", "simulate", "--out", str(data), "--items", "300", "--users", "80",
-                 "--sessions-per-day", "120", "--days", "4", "--seed", "1"]) == 0
+    simulate_to_dir(SimConfig(items=300, users=80, sessions_per_day=120, days=4, initial_history=2, history_cap=5,
+                              seed=1), data)
     cat = pq.read_table(data / "catalog.parquet").column("category").to_pylist()
     names = sorted(set(cat))
     rng = np.random.default_rng(0)
