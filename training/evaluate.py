@@ -356,12 +356,14 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     index = SidIndex.load(run.index_dir)
     targets = load_test_targets(run.samples_dir, index, run.eval.limit)
     entries: list[dict[str, Any]] = []
+    seed = None  # the evaluated model's training seed (evaluation itself draws nothing; the bootstrap's is fixed)
     if run.model_dir is not None:
         engine, tokenizer = load_engine(run.model_dir, index, run.index_dir, run.engine)
         passes = 2 if run.eval.hallucination else 1
         prog = progress_factory("decoding", passes * len(targets)) if progress_factory else None
         rep = evaluate_engine(engine, tokenizer, targets, run.eval, progress=prog)
         info = read_train_info(run.model_dir)
+        seed = (info.get("config") or {}).get("seed")
         entries.append({"name": str(info.get("method", run.model_dir.name)), "model": str(run.model_dir),
                         "train_info": {k: info.get(k) for k in ("method", "steps", "model")}, **rep})
     if run.baseline == "popularity":
@@ -373,7 +375,7 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     from training.run_info import run_info
 
     add_eval_statistics(entries)
-    meta = {"run_info": run_info(None), "bootstrap": {"resamples": 2000, "seed": 0, "level": 0.95},
+    meta = {"run_info": run_info(seed), "bootstrap": {"resamples": 2000, "seed": 0, "level": 0.95},
             "index": str(run.index_dir), "samples": str(run.samples_dir),
             "config": asdict(run.eval),
             "test_sessions": len(targets), "prompt_version": PROMPT_VERSION}
