@@ -80,7 +80,8 @@ PRESETS: dict[str, ExperimentPreset] = {
     # 1,000 test sessions: the paired standard error of an item R@10 difference is sd(d) / √n, and the measured
     # per-session sd of RAD-DPO − SFT differences was 0.100 (600 Amazon test sessions; each method alone 0.33), so
     # SE ≤ 0.005 needs n ≥ (0.100 / 0.005)² = 400; 1,000 leaves room for comparisons whose models move further
-    # (sd up to 0.158). Every table reports the SE it reached (statistics.sizing). 21 alignment runs of 200 steps
+    # (sd up to 0.158); the first lr-3e-4 runs on simulated data measured 0.24-0.36, more than that (docs/alignment.md).
+    # Every table reports the SE it reached (statistics.sizing). 21 alignment runs of 200 steps
     # × 8 sessions, 22 evaluations at beam 128 (times: docs/alignment.md).
     "default": ExperimentPreset(
         train=replace(default_align_train_config(), max_steps=200, batch_size=8, save_steps=250, logging_steps=10,
