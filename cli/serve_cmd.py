@@ -24,6 +24,7 @@ _DEFAULTS: dict[str, str] = {  # shown in --help; ServerSettings holds the real 
     "max_queue_requests": "64", "max_queue_rows": "8192", "max_queue_wait_s": "0.5", "request_timeout_s": "10.0",
     "drain_grace_s": "10.0",
     "device": "auto", "torch_threads": "0", "log_level": "info", "engine": "auto", "engine_process": "False",
+    "engine_nice": "10",
     "vllm_scoring": "processor",
     "vllm_driver": "core", "vllm_dtype": "float32", "vllm_max_model_len": "1024", "vllm_kv_cache_gib": "1.0",
 }
@@ -57,6 +58,7 @@ def serve_command(
         None, "--engine-process/--engine-in-process", show_default=False,
         help="Run the PyTorch engine in its own process, so that its Python never delays the server's answers "
              "(default False; env RADGR_ENGINE_PROCESS)."),
+    engine_nice: int | None = _opt("engine_nice", "CPU priority the engine process gives up (os.nice, 0..19)."),
     vllm_scoring: str | None = _opt("vllm_scoring", "vLLM child scoring: processor (trie logits processor) or "
                                                     "token_ids."),
     vllm_driver: str | None = _opt("vllm_driver", "core (vLLM's engine core directly) or llm (public LLM.generate)."),
@@ -77,6 +79,7 @@ def serve_command(
         "max_queue_wait_s": max_queue_wait_s, "request_timeout_s": request_timeout_s, "drain_grace_s": drain_grace_s,
         "device": device,
         "torch_threads": torch_threads, "log_level": log_level, "engine": engine, "engine_process": engine_process,
+        "engine_nice": engine_nice,
         "vllm_scoring": vllm_scoring, "vllm_driver": vllm_driver, "vllm_dtype": vllm_dtype,
         "vllm_max_model_len": vllm_max_model_len,
         "vllm_kv_cache_gib": vllm_kv_cache_gib}

@@ -6,7 +6,9 @@ In a child process the engine has its own interpreter, and the server's process 
 (The vLLM engine already runs its model in vLLM's own engine-core process.)
 
 Contract:
-- ``ProcessEngine(options, bundle_dir)`` starts a child (``multiprocessing`` *spawn*) that loads the bundle at
+- ``ProcessEngine(options, bundle_dir, nice=N)`` starts a child (``multiprocessing`` *spawn*) at ``N`` steps lower
+  CPU priority (``os.nice``; a server gives its engine a lower priority so that, where the cores are short, its
+  own answers — 503s, health — preempt the engine instead of queueing behind it), which loads the bundle at
   ``bundle_dir`` (checked as at server start) and builds the engine ``options`` name with
   :func:`decoding.engine_factory.build_engine`; the constructor returns when the child reports ready, and raises
   ``RuntimeError`` with the child's error (or its exit code) if it fails or is not ready within
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -37,9 +40,12 @@ from decoding.engine_factory import EngineOptions
 logger = logging.getLogger(__name__)
 
 
-def _child_main(conn: Connection, options: EngineOptions, bundle_dir: str) -> None:
-    """The child: load, report ready (or the error), then serve batches until told to stop or the pipe closes."""
+def _child_main(conn: Connection, options: EngineOptions, bundle_dir: str, nice: int) -> None:
+    """The child: lower its priority by ``nice``, load, report ready (or the error), then serve batches until told
+    to stop or the pipe closes."""
     try:
+        if nice:
+            os.nice(nice)
         from decoding.bundle import INDEX_DIR, load_bundle
         from decoding.engine_factory import build_engine, needs_hf_model
 
@@ -70,14 +76,17 @@ def _child_main(conn: Connection, options: EngineOptions, bundle_dir: str) -> No
 class ProcessEngine:
     """See the module docstring."""
 
-    def __init__(self, options: EngineOptions, bundle_dir: str | Path, *, start_timeout_s: float = 600.0,
-                 stop_timeout_s: float = 10.0) -> None:
+    def __init__(self, options: EngineOptions, bundle_dir: str | Path, *, nice: int = 0,
+                 start_timeout_s: float = 600.0, stop_timeout_s: float = 10.0) -> None:
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in [0, 19], given {nice}")
         if start_timeout_s <= 0:
             raise ValueError(f"start_timeout_s must be > 0, given {start_timeout_s}")
         if stop_timeout_s <= 0:
             raise ValueError(f"stop_timeout_s must be > 0, given {stop_timeout_s}")
         self.options = options
         self.bundle_dir = str(bundle_dir)
+        self.nice = nice
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._lock = threading.Lock()
@@ -89,7 +98,7 @@ class ProcessEngine:
     def _start(self) -> str:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        process = ctx.Process(target=_child_main, args=(child, self.options, self.bundle_dir),
+        process = ctx.Process(target=_child_main, args=(child, self.options, self.bundle_dir, self.nice),
                               name="radgr-engine", daemon=True)
         process.start()
         child.close()  # only the child holds its end: its exit closes the pipe

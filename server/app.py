@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +56,7 @@ from server.state import ServingState, get_settings, get_state
 logger = logging.getLogger(__name__)
 
 WARMUP_TIMEOUT_S = 600.0
+GC_THRESHOLDS = (50_000, 20, 100)  # young generation collected every 50k allocations, not 700: fewer pauses
 VERSION = "0.1.0"
 
 
@@ -147,6 +149,11 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
         await batcher.start()
         try:
             await _warm_up(state, settings)
+            # everything loaded so far lives as long as the server: move it out of the collector's generations,
+            # so that a full collection under load does not walk the bundle's and the libraries' objects
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
             state.ready = True
             logger.info("ready: bundle %s, engine %s, start-up %.2f s (warm-up %.3f s)", settings.bundle,
                         engine.name, time.monotonic() - t0, state.warmup_seconds)

@@ -39,6 +39,6 @@ def default_engine_factory(bundle: Bundle, settings: ServerSettings) -> Retrieva
     """The engine ``settings.engine`` names, on the bundle's model, index and SID vocabulary; in its own process
     (:class:`decoding.engine_process.ProcessEngine`, loading the bundle there) when ``settings.engine_process``."""
     if uses_engine_process(settings):
-        return ProcessEngine(settings.engine_options(), bundle.path)
+        return ProcessEngine(settings.engine_options(), bundle.path, nice=settings.engine_nice)
     return build_engine(settings.engine_options(), bundle.model_dir, bundle.index, bundle.path / INDEX_DIR,
                         bundle.vocab, model=bundle.model)

@@ -76,6 +76,8 @@ class ServerSettings(BaseSettings):
     engine_process: bool = Field(
         False, description="Run the PyTorch engine in its own process (its Python then never holds the server's "
                            "GIL: cheap answers stay fast under overload); the vLLM engine has its own already.")
+    engine_nice: int = Field(10, ge=0, le=19, description="CPU priority the engine process gives up (os.nice): the "
+                                                         "server's own answers preempt it where cores are short.")
     engine: Literal["auto", "torch", "vllm"] = Field(
         "auto", description="Engine: auto (vLLM where installed, else PyTorch), torch or vllm.")
     vllm_dtype: Literal["float32", "bfloat16", "float16"] = Field(

@@ -28,7 +28,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(bundle_dir: Path) -> Iterator[ProcessEngine]:
-    e = ProcessEngine(OPTIONS, bundle_dir, start_timeout_s=300)
+    e = ProcessEngine(OPTIONS, bundle_dir, nice=5, start_timeout_s=300)
     yield e
     e.close()
 
@@ -43,6 +43,8 @@ def test_same_results_as_the_engine_in_process(engine: ProcessEngine, bundle_dir
     local = build_engine(OPTIONS, bundle.model_dir, bundle.index, bundle.path / INDEX_DIR, bundle.vocab,
                          model=bundle.model)
     assert engine.name == local.name == "torch"
+    assert engine.pid is not None and os.getpriority(os.PRIO_PROCESS, engine.pid) == os.getpriority(
+        os.PRIO_PROCESS, 0) + 5
     assert _strip(engine.retrieve_batch(REQUESTS)) == _strip(local.retrieve_batch(REQUESTS))
 
 
@@ -75,6 +77,8 @@ def test_a_bundle_it_cannot_load_is_named(tmp_path: Path) -> None:
 def test_bad_timeouts_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="start_timeout_s must be > 0"):
         ProcessEngine(OPTIONS, tmp_path, start_timeout_s=0)
+    with pytest.raises(ValueError, match=r"nice must be in \[0, 19\], given 20"):
+        ProcessEngine(OPTIONS, tmp_path, nice=20)
 
 
 @pytest.mark.slow
