@@ -43,7 +43,8 @@ def align_command(
     method: str = typer.Option(..., "--method", help="dpo, simpo, orpo or rad-dpo."),
     sft: Path = typer.Option(..., "--sft", help="The SFT checkpoint: RUN_DIR/final of radgr train sft."),
     samples: Path = typer.Option(..., "--samples", help="Samples directory (radgr data samples): train.parquet."),
-    out: Path = typer.Option(..., "--out", help="Run directory: final/, checkpoints/, train_log.json, loss.png."),
+    out: Path = typer.Option(..., "--out",
+                             help="Run directory: final/, checkpoints/, train_log.json, loss.png, rdrw_auc.png."),
     no_tlgd: bool = typer.Option(False, "--no-tlgd", help="RAD-DPO ablation: no token-level gradient detachment."),
     no_rdrw: bool = typer.Option(False, "--no-rdrw", help="RAD-DPO ablation: no dynamic reward weighting (w = 1)."),
     no_ml_sft: bool = typer.Option(False, "--no-ml-sft", help="RAD-DPO ablation: SFT term on y* only."),
@@ -60,7 +61,7 @@ def align_command(
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N sessions."),
 ) -> int:
     """Preference alignment from an SFT checkpoint."""
-    from training.align import AlignConfig, run_align
+    from training.align import RDRW_AUC_PLOT_FILE, AlignConfig, run_align
     from training.losses import RadDpoConfig
     from training.model import read_train_info
     from training.rdrw import RdrwConfig
@@ -90,8 +91,15 @@ def align_command(
         t.add_row("rdrw pairs seen", str(info["rdrw_final"]["seen"]))
         q = info["rdrw_final"]["quartiles"]
         t.add_row("rdrw quartiles", "warm-up" if q is None else ", ".join(f"{x:.3f}" for x in q))
+    det = info.get("rdrw_auc")
+    if det and det["pairs"]:
+        auc = "n/a (one class)" if det["auc"] is None else f"{det['auc']:.4f}"
+        t.add_row("rdrw detector AUC (1 − w)", f"{auc} over {det['pairs']} post-warm-up pairs "
+                                               f"({det['relevant']} truly relevant)")
     console.print(t)
     console.print(f"log: {out / TRAIN_LOG_FILE}  loss curve: {out / LOSS_PLOT_FILE}")
+    if (out / RDRW_AUC_PLOT_FILE).is_file():
+        console.print(f"rdrw detector AUC per logging window: {out / RDRW_AUC_PLOT_FILE}")
     return 0
 
 

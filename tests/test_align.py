@@ -107,6 +107,34 @@ def test_rdrw_warms_up_then_weighs(sft_checkpoint: SftRun, tmp_path: Path) -> No
     assert info["rdrw_final"]["seen"] == 36
 
 
+def test_rdrw_detector_auc_logged_after_warm_up_and_over_the_run(sft_checkpoint: SftRun, tmp_path: Path) -> None:
+    """Window 16, 12 pairs per step: steps 1–2 warm up (no rdrw/auc), steps 3–6 weigh 4 × 12 = 48 pairs, every one
+    with truth (sample i's first negative is relevant for even i). Each step is a logging window, so a logged
+    rdrw/auc is the AUC of that step's 12 pairs, in [0, 1]; the run's AUC covers all 48 and is drawn in the PNG."""
+    sft, samples = sft_checkpoint
+    run_align(_cfg("rad-dpo", sft, samples, tmp_path / "r", max_steps=6))
+    log = [r for r in json.loads((tmp_path / "r" / "train_log.json").read_text()) if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert not any("rdrw/auc" in r for r in log[:2])
+    aucs = [r["rdrw/auc"] for r in log[2:] if "rdrw/auc" in r]
+    assert aucs, "no rdrw/auc logged after warm-up"
+    assert all(0.0 <= a <= 1.0 for a in aucs)
+    assert all(r["rdrw/auc_pairs"] == 12 for r in log[2:] if "rdrw/auc" in r)
+    info = json.loads((tmp_path / "r" / "final" / "radgr_train.json").read_text())
+    whole = info["rdrw_auc"]
+    assert whole["pairs"] == 48 and whole["kept"] == 48
+    assert whole["relevant"] + whole["irrelevant"] == 48 and 0 < whole["relevant"] < 48
+    assert 0.0 <= whole["auc"] <= 1.0
+    assert 0.5 < whole["mean_weight_relevant"] < 1.0 and 0.5 < whole["mean_weight_irrelevant"] < 1.0
+    assert (tmp_path / "r" / "rdrw_auc.png").is_file()
+    # without RDRW there is no detector: nothing logged, None in the info, no plot
+    run_align(_cfg("rad-dpo", sft, samples, tmp_path / "n", max_steps=3, rad=RadDpoConfig(rdrw=False)))
+    log = json.loads((tmp_path / "n" / "train_log.json").read_text())
+    assert not any("rdrw/auc" in r for r in log)
+    assert json.loads((tmp_path / "n" / "final" / "radgr_train.json").read_text())["rdrw_auc"] is None
+    assert not (tmp_path / "n" / "rdrw_auc.png").exists()
+
+
 def test_resume_restores_rdrw_state_and_matches_uninterrupted(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     """4 steps straight vs 2 steps (checkpoint at 2, with RDRW state), then --resume to 4: same RDRW window
     count and quartiles, same final parameters (float tolerance). A constant learning rate, so the 2-step run's
@@ -125,6 +153,10 @@ def test_resume_restores_rdrw_state_and_matches_uninterrupted(sft_checkpoint: Sf
     b = json.loads((resumed / "radgr_train.json").read_text())
     assert b["resumed_from"].endswith("checkpoint-2")
     assert a["rdrw_final"] == b["rdrw_final"]
+    # the detector's pairs travel in the checkpoint too: the resumed run's AUC covers steps 3–4 like the straight one
+    assert a["rdrw_auc"]["pairs"] == b["rdrw_auc"]["pairs"] == 24
+    assert a["rdrw_auc"]["relevant"] == b["rdrw_auc"]["relevant"]
+    assert b["rdrw_auc"]["auc"] == pytest.approx(a["rdrw_auc"]["auc"], abs=1e-6)
     sa, sb = _state(straight), _state(resumed)
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], atol=1e-5, rtol=1e-4)
@@ -151,5 +183,6 @@ def test_cli_train_align(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     info = json.loads((out / "final" / "radgr_train.json").read_text())
     assert info["variant"] == "rad-dpo-no-tlgd" and info["ablations"]["tlgd"] is False
     assert info["loss_config"]["rdrw"]["window"] == 8
+    assert info["rdrw_auc"]["pairs"] == 12  # step 1 (12 pairs) warms the 8-pair window up; step 2 is weighed
     assert main([*base, "--method", "ppo"]) == 2
     assert main([*base, "--method", "dpo", "--no-rdrw"]) == 2
