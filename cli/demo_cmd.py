@@ -1,10 +1,11 @@
 """``radgr demo`` — the whole path from nothing, each step a real radgr command, finished steps reused.
 
 Steps (outputs under ``--workdir``, default ``runs/demo``): simulate a catalog and 8 days of sessions → build the
-SID index → build samples → SFT the tiny model → RAD-DPO → evaluate SFT and RAD-DPO (table printed) → export a
-bundle → start ``radgr serve`` on 127.0.0.1 → send one real ``POST /retrieve`` and print it → leave the server
-running (``--no-keep-serving`` stops it instead). A step is skipped when its ``.done`` marker holds the same
-command line as now (:func:`demo_steps` lists them), so re-running the demo reuses finished work.
+SID index → build samples → SFT the tiny model → RAD-DPO → evaluate RAD-DPO against SFT on the same sessions
+(table and paired 95 % intervals printed) → export a bundle → start ``radgr serve`` on 127.0.0.1 → send one real
+``POST /retrieve`` and print it → leave the server running (``--no-keep-serving`` stops it instead). A step is
+skipped when its ``.done`` marker holds the same command line as now (:func:`demo_steps` lists them), so re-running
+the demo reuses finished work.
 
 Every step and the server run as child processes of :class:`cli.children.Children`: SIGTERM or SIGINT to the demo
 (a supervisor, ``timeout``, Ctrl-C) stops the running child (SIGTERM, then SIGKILL after the grace period) before
@@ -31,6 +32,7 @@ from rich.panel import Panel
 from cli.children import Children, Stopped
 
 console = Console()
+EVAL_FILE = "eval.json"  # the eval step's report (RAD-DPO paired with SFT, popularity rows), under the workdir
 SERVER_STOP_GRACE_S = 30.0  # radgr serve drains for up to --drain-grace-s (10 s) after SIGTERM
 
 
@@ -61,14 +63,28 @@ def demo_steps(workdir: Path) -> list[Step]:
         Step("rad-dpo", ("train", "align", "--method", "rad-dpo", "--sft", f"{sft}/final", "--samples", samples,
                          "--out", rad, "--max-steps", "300", "--lr", "5e-5"), (Path(rad) / "final",)),
     ]
-    for name, model in (("eval-sft", f"{sft}/final"), ("eval-rad-dpo", f"{rad}/final")):
-        # the PyTorch engine: 2x faster than vLLM on CPU, same metrics (tests/test_vllm_engine.py); the server
-        # runs with --engine auto (vLLM where installed)
-        steps.append(Step(name, ("eval", "--model", model, "--index", index, "--samples", samples, "--engine",
-                                 "torch", "--out", f"{w}/{name}.json", "--limit", "400"), (Path(f"{w}/{name}.json"),)))
+    # RAD-DPO against SFT on the same test sessions (a paired test), with the popularity baselines. The PyTorch
+    # engine: 2x faster than vLLM on CPU, same metrics (tests/test_vllm_engine.py); the server runs with
+    # --engine auto (vLLM where installed)
+    steps.append(Step("eval", ("eval", "--model", f"{rad}/final", "--against", f"{sft}/final", "--baseline",
+                               "popularity", "--index", index, "--samples", samples, "--engine", "torch", "--out",
+                               f"{w}/{EVAL_FILE}", "--limit", "400"), (Path(f"{w}/{EVAL_FILE}"),)))
     steps.append(Step("export", ("export", "--checkpoint", f"{rad}/final", "--index", index, "--samples", samples,
-                                 "--metrics", f"{w}/eval-rad-dpo.json", "--out", bundle), (Path(bundle),)))
+                                 "--metrics", f"{w}/{EVAL_FILE}", "--out", bundle), (Path(bundle),)))
     return steps
+
+
+def comparison_lines(eval_json: Path) -> list[str]:
+    """The demo's closing comparison: RAD-DPO − SFT on item R@10 and MRR with 95 % paired intervals, read from
+    the eval step's report (its second entry is RAD-DPO paired with the first, SFT); a note when it has none."""
+    from training.eval_intervals import paired_summary
+
+    results = json.loads(eval_json.read_text()).get("results", [])
+    if len(results) < 2 or "paired" not in results[1]:
+        return [f"{eval_json} holds no paired comparison (rerun with --fresh)"]
+    return [*paired_summary(results[1]).splitlines(),
+            "One seed, one world: an interval that covers 0 means this run cannot tell the methods apart "
+            "(see `radgr experiment paper-table` for seeds and significance)."]
 
 
 def _run_step(step: Step, done_dir: Path, children: Children) -> None:
@@ -135,6 +151,9 @@ def _run_demo(workdir: Path, port: int, keep_serving: bool, fresh: bool, childre
     for step in demo_steps(workdir):
         _run_step(step, done, children)
     bundle, samples = f"{workdir}/bundle", workdir / "samples"
+    console.rule("[bold]RAD-DPO vs SFT")
+    for line in comparison_lines(workdir / EVAL_FILE):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
     console.rule("[bold]serve")
     url = f"http://127.0.0.1:{port}"

@@ -4,8 +4,8 @@
                     [--epochs 1 --min-steps 600 --max-epochs 30 --val-fraction 0.05 --patience 4 --eval-every 0
                      --lr 3e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1 --seed 0 --resume
                      --limit N]
-    radgr eval --model RUN_DIR/final --index DIR --samples DIR [--baseline popularity] [--beam-width 128
-               --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
+    radgr eval --model RUN_DIR/final --index DIR --samples DIR [--against OTHER/final] [--baseline popularity]
+               [--beam-width 128 --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
 
 Each command builds a config, calls ``training.sft`` / ``training.evaluate``, prints a table, returns 0 (2 on bad
 input: one line naming the field, or the file that is missing, truncated or corrupt).
@@ -126,6 +126,8 @@ def eval_command(
     samples: Path = typer.Option(..., "--samples", help="Samples directory: test.parquet (and train.parquet)."),
     model: Path | None = typer.Option(None, "--model", help="Model directory (e.g. RUN_DIR/final)."),
     baseline: str | None = typer.Option(None, "--baseline", help="'popularity': rank by train popularity, no model."),
+    against: Path | None = typer.Option(None, "--against", help="A reference model evaluated on the same sessions; "
+                                        "--model is compared with it by a paired test (e.g. RAD-DPO against SFT)."),
     beam_width: int = typer.Option(128, "--beam-width", help="Beam width 1..128."),
     top_k: int = typer.Option(500, "--top-k", help="Items returned per session."),
     batch_size: int = typer.Option(8, "--batch-size", help="Requests per engine call."),
@@ -142,6 +144,7 @@ def eval_command(
 
     try:
         run = EvalRun(index_dir=index, samples_dir=samples, model_dir=model, baseline=baseline, engine=engine,
+                      against_dir=against,
                       eval=EvalConfig(beam_width=beam_width, top_k=top_k, batch_size=batch_size, limit=limit,
                                       hallucination=hallucination))
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -155,6 +158,10 @@ def eval_command(
     except (ValueError, OSError) as exc:
         return _fail(exc)
     console.print(markdown_table(entries), soft_wrap=True, markup=False, highlight=False)
+    if against is not None:
+        from training.eval_intervals import paired_summary
+
+        console.print(paired_summary(entries[1]), soft_wrap=True, markup=False, highlight=False)
     from training.minionerec_eval import minionerec_markdown, write_minionerec_table
 
     console.print(minionerec_markdown(entries), soft_wrap=True, markup=False, highlight=False)

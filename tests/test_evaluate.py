@@ -187,8 +187,34 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         EvalRun(index_dir=tmp_path, samples_dir=tmp_path)
     with pytest.raises(ValueError, match="baseline must be 'popularity'"):
         EvalRun(index_dir=tmp_path, samples_dir=tmp_path, baseline="random")
+    with pytest.raises(ValueError, match=r"against \(--against\).*give --model"):
+        EvalRun(index_dir=tmp_path, samples_dir=tmp_path, baseline="popularity", against_dir=tmp_path)
     index = _index()
     bad = _sample("z", "Z", ["i0"])
     object.__setattr__(bad, "positive_codes", ((0, 1, 1),))  # (0,1,1) is not a SID of the index
     with pytest.raises(ValueError, match=r"positive SID \(0, 1, 1\) is not in the index"):
         targets_from_samples([bad], index)
+
+
+def test_paired_summary_states_a_better_model_and_its_interval() -> None:
+    """A reference that ranks the positive last vs a model that ranks it first, on 30 sessions: the model's paired
+    difference on item MRR is positive, its interval excludes 0, and the summary line says so."""
+    from training.eval_intervals import add_eval_statistics, paired_summary
+
+    index = _index()
+    samples = [_sample(f"s{k}", f"P{k}", ["i3"], relevant=["i3"]) for k in range(30)]
+    targets = targets_from_samples(samples, index)
+    good = {f"P{k}": [2, 0, 1, 3, 4] for k in range(30)}  # r2 holds i3: rank 1
+    bad = {f"P{k}": [4, 3, 1, 0, 2] for k in range(30)}  # i3 after 5 items: rank 6
+    for k in range(0, 30, 3):  # a third of the sessions tie, so the difference varies over sessions
+        bad[f"P{k}"] = good[f"P{k}"]
+    cfg = EvalConfig(beam_width=5, top_k=6, hallucination=False)
+    entries = [{"name": "sft", **evaluate_engine(FakeEngine(index, bad), _CharTokenizer(), targets, cfg)},
+               {"name": "rad-dpo", **evaluate_engine(FakeEngine(index, good), _CharTokenizer(), targets, cfg)}]
+    add_eval_statistics(entries)
+    d = entries[1]["paired"]["metrics"]["MRR"]
+    assert d["diff"] == pytest.approx((1 - 1 / 6) * 20 / 30) and d["lo"] > 0 and d["p"] < 0.01
+    text = paired_summary(entries[1])
+    assert "item MRR: rad-dpo − sft = +0.5556" in text and "— significant" in text
+    with pytest.raises(ValueError, match="no paired comparison"):
+        paired_summary(entries[0])

@@ -94,6 +94,17 @@ def test_sft_learns_and_beats_popularity(tmp_path: Path) -> None:
     assert sft["metrics"]["sid"]["recall@8"] > pop["metrics"]["sid"]["recall@8"] + 0.2
     assert report.with_suffix(".md").read_text().startswith("| method |")
 
+    # --against: a reference model first, the model paired with it; the model against itself (A/A) differs by 0
+    aa = tmp_path / "aa.json"
+    assert main(["eval", "--model", str(final), "--against", str(final), "--index", str(world["index"]),
+                 "--samples", str(world["samples"]), "--beam-width", "16", "--top-k", "40", "--no-hallucination",
+                 "--out", str(aa)]) == 0
+    ref, same = json.loads(aa.read_text())["results"]
+    assert ref["name"] == "sft (reference)" and same["name"] == "sft"
+    assert same["paired"]["against"] == "sft (reference)"
+    assert same["paired"]["metrics"]["R@10"]["diff"] == 0.0 and same["paired"]["metrics"]["MRR"]["p"] == 1.0
+    assert same["metrics"]["item"] == ref["metrics"]["item"]
+
 
 @pytest.mark.slow
 def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:

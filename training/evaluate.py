@@ -308,6 +308,7 @@ class EvalRun:
     samples_dir: Path
     model_dir: Path | None = None
     baseline: str | None = None
+    against_dir: Path | None = None  # a reference model evaluated first on the same sessions: the paired tests' base
     eval: EvalConfig = EvalConfig()
     engine: str = "auto"  # decoding.engine_factory: auto (vLLM where installed) | torch | vllm
 
@@ -318,6 +319,8 @@ class EvalRun:
             raise ValueError("give a model (--model) or a baseline (--baseline popularity), given neither")
         if self.baseline is not None and self.baseline != "popularity":
             raise ValueError(f"baseline must be 'popularity', given {self.baseline!r}")
+        if self.against_dir is not None and self.model_dir is None:
+            raise ValueError("against (--against) compares a model with a reference model: give --model too")
 
 
 def load_engine(model_dir: Path, index: Any, index_dir: Path, engine: str = "auto") -> tuple[RetrievalEngine, Any]:
@@ -357,15 +360,21 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     targets = load_test_targets(run.samples_dir, index, run.eval.limit)
     entries: list[dict[str, Any]] = []
     seed = None  # the evaluated model's training seed (evaluation itself draws nothing; the bootstrap's is fixed)
-    if run.model_dir is not None:
-        engine, tokenizer = load_engine(run.model_dir, index, run.index_dir, run.engine)
+    models = [m for m in (run.against_dir, run.model_dir) if m is not None]  # the reference first: the paired base
+    for model_dir in models:
+        engine, tokenizer = load_engine(model_dir, index, run.index_dir, run.engine)
         passes = 2 if run.eval.hallucination else 1
-        prog = progress_factory("decoding", passes * len(targets)) if progress_factory else None
+        label = "decoding" if len(models) == 1 else f"decoding {model_dir}"
+        prog = progress_factory(label, passes * len(targets)) if progress_factory else None
         rep = evaluate_engine(engine, tokenizer, targets, run.eval, progress=prog)
-        info = read_train_info(run.model_dir)
-        seed = (info.get("config") or {}).get("seed")
-        entries.append({"name": str(info.get("method", run.model_dir.name)), "model": str(run.model_dir),
+        del engine
+        info = read_train_info(model_dir)
+        if model_dir == run.model_dir:
+            seed = (info.get("config") or {}).get("seed")
+        entries.append({"name": str(info.get("method", model_dir.name)), "model": str(model_dir),
                         "train_info": {k: info.get(k) for k in ("method", "steps", "model")}, **rep})
+    if len(entries) == 2 and entries[0]["name"] == entries[1]["name"]:
+        entries[0]["name"] += " (reference)"
     if run.baseline == "popularity":
         train = read_samples(run.samples_dir / "train.parquet")
         entries.append({"name": "popularity", "model": None, **evaluate_popularity(index, train, targets, run.eval)})
