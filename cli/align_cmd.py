@@ -3,7 +3,7 @@
     radgr train align --method dpo|simpo|orpo|rad-dpo [--no-tlgd --no-rdrw --no-ml-sft]
                       --sft RUN_DIR/final --samples DIR --out RUN_DIR
                       [--resume --max-steps N --epochs 1 --batch-size 8 --grad-accum 1 --lr 1e-4 --seed 0
-                       --save-steps 200 --logging-steps 10 --rdrw-window 4096 --limit N]
+                       --save-steps 200 --logging-steps 10 --rdrw-window 4096 --rdrw-layer -1 --limit N]
     radgr experiment paper-table --samples DIR --index DIR --sft RUN_DIR/final --out DIR
                       [--seeds 3] [--config default|tiny] [--methods sft,dpo,...] [--dataset-name simulated]
     radgr experiment ab --world SIM_DIR (--url-a URL --url-b URL | --bundle-a BUNDLE --bundle-b BUNDLE) --out DIR
@@ -57,6 +57,9 @@ def align_command(
     save_steps: int = typer.Option(200, "--save-steps", help="Checkpoint every N optimizer steps."),
     logging_steps: int = typer.Option(10, "--logging-steps"),
     rdrw_window: int = typer.Option(4096, "--rdrw-window", help="RDRW warm-up and sliding window M, in pairs."),
+    rdrw_layer: int = typer.Option(-1, "--rdrw-layer",
+                                   help="Hidden state RDRW compares: 0 = embeddings, i = after layer i, "
+                                        "-1 = last layer after the final norm (the paper's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N sessions."),
 ) -> int:
@@ -75,7 +78,7 @@ def align_command(
             train=TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                               save_steps=save_steps, logging_steps=logging_steps, seed=seed),
             rad=RadDpoConfig(tlgd=not no_tlgd, rdrw=not no_rdrw, ml_sft=not no_ml_sft),
-            rdrw=RdrwConfig(window=rdrw_window), resume=resume, limit=limit,
+            rdrw=RdrwConfig(window=rdrw_window, hidden_layer=rdrw_layer), resume=resume, limit=limit,
         )
         final = run_align(cfg)
     except (ValueError, OSError) as exc:

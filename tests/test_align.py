@@ -182,7 +182,13 @@ def test_cli_train_align(sft_checkpoint: SftRun, tmp_path: Path) -> None:
                  "--rdrw-window", "8", "--logging-steps", "1"]) == 0
     info = json.loads((out / "final" / "radgr_train.json").read_text())
     assert info["variant"] == "rad-dpo-no-tlgd" and info["ablations"]["tlgd"] is False
-    assert info["loss_config"]["rdrw"]["window"] == 8
+    assert info["loss_config"]["rdrw"]["window"] == 8 and info["loss_config"]["rdrw"]["hidden_layer"] == -1
     assert info["rdrw_auc"]["pairs"] == 12  # step 1 (12 pairs) warms the 8-pair window up; step 2 is weighed
     assert main([*base, "--method", "ppo"]) == 2
+    # the tiny model has 2 layers: hidden states 0..2 (or -3..-1)
+    assert main([*base, "--method", "rad-dpo", "--rdrw-layer", "3", "--max-steps", "1"]) == 2
+    assert main([*base[:-1], str(tmp_path / "layer1"), "--method", "rad-dpo", "--rdrw-layer", "1", "--max-steps",
+                 "2", "--batch-size", "4", "--rdrw-window", "8"]) == 0
+    info = json.loads((tmp_path / "layer1" / "final" / "radgr_train.json").read_text())
+    assert info["loss_config"]["rdrw"]["hidden_layer"] == 1 and info["rdrw_auc"]["pairs"] == 12
     assert main([*base, "--method", "dpo", "--no-rdrw"]) == 2

@@ -70,6 +70,22 @@ def test_packed_equals_separate_encoding_single_session(tiny_lm_factory: Any) ->
     assert out.token_logps.shape == (1, 5, CANDIDATE_LEN)
 
 
+def test_packed_eos_state_of_an_inner_layer_equals_separate_encoding(tiny_lm_factory: Any) -> None:
+    """``hidden_layer`` picks the same hidden state packed as encoded alone (layer 1, and 0 = the embeddings),
+    and it is not the final-layer state."""
+    model, tok = tiny_lm_factory(SIZES, seed=1)
+    prompts, cands = _random_sessions(tok, [2, 4], seed=3)
+    batch = pack_sessions(prompts, cands, pad_id=tok.pad_token_id)
+    last = packed_forward(model, batch)
+    for layer in (1, 0):
+        out = packed_forward(model, batch, hidden_layer=layer)
+        torch.testing.assert_close(out.token_logps, last.token_logps)  # the scores do not depend on it
+        for b, c in enumerate((2, 4)):
+            _, ref_h = reference_scores(model, prompts[b], cands[b], hidden_layer=layer)
+            torch.testing.assert_close(out.eos_hidden[b, :c], ref_h, atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(out.eos_hidden, last.eos_hidden)
+
+
 def test_packed_batch_with_different_candidate_counts(tiny_lm_factory: Any) -> None:
     """Sessions with 1, 6 and 3 candidates and different prompt lengths in one batch: padding candidates are
     invalid and zero, no NaN anywhere, every real candidate equals its separate encoding."""

@@ -81,6 +81,14 @@ def test_state_round_trip_and_resume_is_seamless() -> None:
     assert math.isclose(resumed.quartiles[1], straight.quartiles[1])
 
 
+def test_state_keeps_the_hidden_layer_and_old_states_load_with_the_default() -> None:
+    state = RdrwState(RdrwConfig(window=4, hidden_layer=2))
+    assert RdrwState.from_state_dict(state.state_dict()).cfg.hidden_layer == 2
+    old = state.state_dict()
+    del old["config"]["hidden_layer"]  # a checkpoint written before the field existed
+    assert RdrwState.from_state_dict(old).cfg == RdrwConfig(window=4)
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [({"window": 2}, "window"), ({"w_min": 0.0}, "w_min"),
                                                ({"k": 0.0}, "k"), ({"eps": 0.0}, "eps")])
 def test_config_validation_names_field(kwargs: dict[str, Any], field: str) -> None:

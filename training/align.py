@@ -257,7 +257,7 @@ class AlignTrainer(RadgrTrainer):
 
     def _rad_dpo(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         cfg = self.align_cfg
-        scores = packed_forward(model, packed_batch_of(inputs))
+        scores = packed_forward(model, packed_batch_of(inputs), hidden_layer=cfg.rdrw.hidden_layer)
         bsz = scores.token_logps.shape[0]
         rows = torch.arange(bsz, device=scores.token_logps.device)[:, None]
         pos_tok = scores.token_logps[rows, inputs["pos_idx"]]  # [B, P, 4]
@@ -357,6 +357,10 @@ def prepare_align(cfg: AlignConfig, callbacks: Sequence[TrainerCallback] = ()) -
         raise ValueError(f"samples file {train_path} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.sft_dir), local_files_only=True)
     model = load_model(cfg.sft_dir).train()
+    layers = int(model.config.num_hidden_layers)
+    if not -(layers + 1) <= cfg.rdrw.hidden_layer <= layers:
+        raise ValueError(f"RdrwConfig.hidden_layer (--rdrw-layer) must be in [{-(layers + 1)}, {layers}] for this "
+                         f"{layers}-layer model (0 = embeddings, -1 = last), given {cfg.rdrw.hidden_layer}")
     vocab = SidVocab.from_tokenizer(tokenizer, sizes, vocab_size=model.get_input_embeddings().num_embeddings)
     samples = read_samples(train_path)
     if cfg.limit is not None:

@@ -142,8 +142,12 @@ def pack_sessions(
     return PackedBatch(input_ids, mask, position_ids, predict_pos, target_ids, eos_pos, valid)
 
 
-def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
-    """One forward pass over packed sessions (or ``pack_rows`` rows); gradients flow unless disabled."""
+def packed_forward(model: Any, batch: PackedBatch, hidden_layer: int = -1) -> CandidateScores:
+    """One forward pass over packed sessions (or ``pack_rows`` rows); gradients flow unless disabled.
+
+    ``eos_hidden`` is ``hidden_states[hidden_layer]`` at each candidate's last SID token (HF's tuple: 0 =
+    embeddings, i = after decoder layer i, −1 = the last layer after the final norm).
+    """
     keep = BLOCK_LEN * batch.valid.shape[1] + 1
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 output_hidden_states=True, logits_to_keep=keep, use_cache=False)
@@ -151,7 +155,7 @@ def packed_forward(model: Any, batch: PackedBatch) -> CandidateScores:
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     logits = out.logits[rows[:, None, None], batch.predict_pos - first_kept]  # [B, C, 4, V]
     logps = target_log_probs(logits, batch.target_ids)  # [B, C, 4]; float32 for half-precision models
-    hidden = out.hidden_states[-1][rows[:, None], batch.eos_pos]  # [B, C, H]
+    hidden = out.hidden_states[hidden_layer][rows[:, None], batch.eos_pos]  # [B, C, H]
     valid = batch.valid
     return CandidateScores(logps * valid[..., None], hidden * valid[..., None].to(hidden.dtype), valid)
 
@@ -190,18 +194,20 @@ def sequence_forward(
 
 @torch.no_grad()
 def reference_scores(
-    model: Any, prompt: Sequence[int], candidates: Sequence[Sequence[int]],
+    model: Any, prompt: Sequence[int], candidates: Sequence[Sequence[int]], hidden_layer: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Slow reference: each (prompt, candidate) alone, full model forward, no mask, no padding.
 
-    Returns ``(token_logps [C, 4], eos_hidden [C, H])``.
+    Returns ``(token_logps [C, 4], eos_hidden [C, H])``; ``eos_hidden`` from the decoder's ``last_hidden_state``
+    (``hidden_layer`` −1) or its ``hidden_states[hidden_layer]``.
     """
     _check_session(0, prompt, candidates)
     logps, hiddens = [], []
     for cand in candidates:
         ids = torch.as_tensor([[*prompt, *cand[:BLOCK_LEN]]], dtype=torch.long)
         out = model(input_ids=ids, output_hidden_states=False, use_cache=False)
-        body = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        dec = model.get_decoder()(input_ids=ids, use_cache=False, output_hidden_states=hidden_layer != -1)
+        body = dec.last_hidden_state if hidden_layer == -1 else dec.hidden_states[hidden_layer]
         logp_all = torch.log_softmax(at_least_fp32(out.logits[0]), dim=-1)  # [P + 3, V]
         plen = len(prompt)
         steps = [logp_all[plen - 1 + t, int(cand[t])] for t in range(CANDIDATE_LEN)]

@@ -5,7 +5,9 @@ Tags [P]/[S]/[R] and the defaults: docs/alignment.md, "What is the paper's, what
 Contract
 --------
 - ``pair_similarity(h_top [B, H], h_neg [B, N, H]) -> s [B, N]``: cosine similarity of the EOS hidden states of y*
-  and each negative, **detached** ([R]).
+  and each negative, **detached** ([R]). Which hidden state is ``RdrwConfig.hidden_layer``, an index into the
+  model's hidden states as HF returns them (0 = embeddings, i = after decoder layer i, −1 = the last layer after
+  the final norm, the default and the paper's "final-layer" [P]); ``training.packing.packed_forward`` reads it.
 - ``rdrw_weight(s, q1, q2, q3, cfg)``: w(s) = 1 − (1 − w_min)·σ(k·(s − Q2)/(Q3 − Q1 + ε)) ([R]; w_min = 0.5 [S],
   k = 12 [P], ε = 1e-6 [R]): about 1 for negatives far less similar than the median (full penalty), → w_min for the
   most similar ones (likely pseudo-negatives). A pure function.
@@ -45,6 +47,7 @@ class RdrwConfig:
     w_min: float = 0.5  # weight floor for the most similar negatives [S]
     k: float = 12.0  # sigmoid steepness [P]
     eps: float = 1e-6  # keeps the IQR denominator positive [R]
+    hidden_layer: int = -1  # which hidden state s compares: -1 = final layer, after the final norm [P]
 
     def __post_init__(self) -> None:
         if self.window < 4:
@@ -114,7 +117,8 @@ class RdrwState:
         return self._window.copy()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": {"window": self.cfg.window, "w_min": self.cfg.w_min, "k": self.cfg.k, "eps": self.cfg.eps},
+        return {"config": {"window": self.cfg.window, "w_min": self.cfg.w_min, "k": self.cfg.k, "eps": self.cfg.eps,
+                           "hidden_layer": self.cfg.hidden_layer},
                 "seen": self.seen, "window": self._window.tolist(),
                 "quartiles": list(self.quartiles) if self.quartiles is not None else None}
 
