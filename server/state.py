@@ -5,6 +5,9 @@ Contract:
   ``bundle``, ``engine`` and ``batcher`` and sets ``ready`` after the warm-up; the runner's drain sets
   ``draining`` (and clears ``ready``) through :meth:`ServingState.begin_drain`; the retrieve route keeps
   ``in_flight`` (requests admitted and not yet answered), which the drain waits on.
+- ``sid_text(row)`` is the bundle index's SID string of a row, memoised (at most ``SID_TEXT_CACHE_MAX`` rows, about
+  100 bytes each; past that, rows are formatted as they come): a response names up to 128 SIDs, mostly the same
+  popular ones from request to request.
 - ``get_state`` and ``get_settings`` are the FastAPI dependencies through which routes reach the state and the
   settings. The settings are the app's own instance, read once when the app was built (``create_app(None)`` reads
   the environment through the cached ``server.settings.load_settings``), never a module global.
@@ -14,7 +17,7 @@ Contract:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Depends, Request
 
@@ -23,6 +26,8 @@ from decoding.engine import RetrievalEngine
 from server.batcher import MicroBatcher
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
+
+SID_TEXT_CACHE_MAX = 262_144
 
 
 @dataclass
@@ -38,6 +43,17 @@ class ServingState:
     draining: bool = False
     in_flight: int = 0
     warmup_seconds: float = 0.0
+    _sid_texts: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def sid_text(self, row: int) -> str:
+        """The SID string of index row ``row`` (memoised; the index checks the row's bounds)."""
+        text = self._sid_texts.get(row)
+        if text is None:
+            assert self.bundle is not None
+            text = self.bundle.index.sid_str(row)
+            if len(self._sid_texts) < SID_TEXT_CACHE_MAX:
+                self._sid_texts[row] = text
+        return text
 
     def begin_drain(self) -> None:
         self.draining = True
