@@ -42,7 +42,7 @@ def test_encode_json_agrees_with_json_dumps(seed: int) -> None:
 
 
 def test_finite_names_what_is_not_finite() -> None:
-    assert finite(np.float32(-1.5), "a SID score") == -1.5
+    assert finite(-1.5, "a SID score") == -1.5
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="an item score is not finite"):
             finite(bad, "an item score")
