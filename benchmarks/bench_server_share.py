@@ -11,13 +11,15 @@ client, one request at a time), warm-up, then ``--requests`` sequential ``POST /
 request mix built from the bundle (queries from its categorizer, histories of varied length, as ``radgr
 loadtest`` builds them). Per request, from the client's clock and the server's ``/metrics`` (sums before and after):
 
-- ``client``: the client's round trip (send → body parsed);
+- ``client``: the client's round trip on one kept-alive connection (send → last byte of the body read; the
+  client's own JSON parsing comes after the clock stops);
 - ``engine``: ``radgr_engine_seconds{phase="total"}`` (the engine's batch, which holds this one request);
 - ``queue``: ``radgr_queue_wait_seconds`` (admission → batch start: the dispatcher's hand-over);
 - ``prompt`` / ``response``: ``radgr_host_seconds{phase}`` (prompt building + tokenizing; response model);
 - ``server other``: ``radgr_request_duration_seconds{outcome="ok"}`` minus the above (routing, body parsing and
   validation, JSON serialisation, middleware);
-- ``transport``: ``client`` minus the server's duration (HTTP on 127.0.0.1, the client's own parsing).
+- ``transport``: ``client`` minus the server's duration (HTTP on 127.0.0.1: uvicorn's parsing and writing, the
+  socket, the client's ``http.client``).
 
 Prints a table per engine and the non-engine share (1 − engine / client), writes ``OUT/server_share.json``.
 """
@@ -25,6 +27,7 @@ Prints a table per engine and the non-engine share (1 − engine / client), writ
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import sys
@@ -61,14 +64,18 @@ def _sums(url: str) -> dict[str, float]:
     return out
 
 
-def _post(url: str, body: dict[str, Any]) -> float:
+def _post(conn: http.client.HTTPConnection, body: dict[str, Any]) -> float:
+    """One request on a kept-alive connection (as Locust and production clients send them); the clock stops when
+    the body's last byte is read, before the client parses it (the client's parsing is not the server's cost)."""
     data = json.dumps(body).encode()
-    req = urllib.request.Request(f"{url}/retrieve", data=data, headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        payload = json.loads(resp.read())
+    conn.request("POST", "/retrieve", body=data, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    raw = resp.read()
     elapsed = time.perf_counter() - t0
-    if not payload.get("sids"):
+    if resp.status != 200:
+        raise RuntimeError(f"status {resp.status} for {body}: {raw[:300]!r}")
+    if not json.loads(raw).get("sids"):
         raise RuntimeError(f"no SIDs in the answer to {body}")
     return elapsed
 
@@ -98,11 +105,13 @@ def measure(bundle: Path, engine: str, bodies: list[dict[str, Any]], out: Path) 
         problem = wait_ready(url, proc, 600.0)
         if problem is not None:
             raise RuntimeError(problem)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for body in bodies[:5]:
-            _post(url, body)
+            _post(conn, body)
         before = _sums(url)
-        client = [_post(url, body) for body in bodies]
+        client = [_post(conn, body) for body in bodies]
         after = _sums(url)
+        conn.close()
     finally:
         stop_server(proc)
     n = after["count"] - before["count"]
