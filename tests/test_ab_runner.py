@@ -95,7 +95,7 @@ def test_rate_paces_request_starts(world_dir: Path, tmp_path: Path) -> None:
                    sessions_per_user=2, rate=40.0, concurrency=8)
     doc = run_ab(cfg, transport=httpx.MockTransport(handler))
     assert len(starts) == 20 and starts[-1] - starts[0] >= 0.47
-    assert doc["achieved_rps"] <= 42.0
+    assert doc["achieved_rps"] <= 20 / 0.475  # 20 requests in at least 19 gaps of 25 ms (was 42.0: 42.03 in CI)
 
 
 def test_config_names_the_field_and_bound(tmp_path: Path) -> None:

@@ -364,13 +364,11 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
     for model_dir in models:
         engine, tokenizer = load_engine(model_dir, index, run.index_dir, run.engine)
         passes = 2 if run.eval.hallucination else 1
-        label = "decoding" if len(models) == 1 else f"decoding {model_dir}"
-        prog = progress_factory(label, passes * len(targets)) if progress_factory else None
+        prog = progress_factory(f"decoding {model_dir}", passes * len(targets)) if progress_factory else None
         rep = evaluate_engine(engine, tokenizer, targets, run.eval, progress=prog)
         del engine
         info = read_train_info(model_dir)
-        if model_dir == run.model_dir:
-            seed = (info.get("config") or {}).get("seed")
+        seed = (info.get("config") or {}).get("seed") if model_dir == run.model_dir else seed
         entries.append({"name": str(info.get("method", model_dir.name)), "model": str(model_dir),
                         "train_info": {k: info.get(k) for k in ("method", "steps", "model")}, **rep})
     if len(entries) == 2 and entries[0]["name"] == entries[1]["name"]:
@@ -385,8 +383,7 @@ def run_eval(run: EvalRun, *, progress_factory: Callable[[str, int], Progress] |
 
     add_eval_statistics(entries)
     meta = {"run_info": run_info(seed), "bootstrap": {"resamples": 2000, "seed": 0, "level": 0.95},
-            "index": str(run.index_dir), "samples": str(run.samples_dir),
-            "config": asdict(run.eval),
+            "index": str(run.index_dir), "samples": str(run.samples_dir), "config": asdict(run.eval),
             "test_sessions": len(targets), "prompt_version": PROMPT_VERSION}
     return entries, meta
 
