@@ -69,12 +69,13 @@ class ServingState:
         return self.dead_reason is None
 
 
-def get_state(request: Request) -> ServingState:
-    """The dependency every route uses to reach the bundle, engine and batcher."""
+async def get_state(request: Request) -> ServingState:
+    """The dependency every route uses to reach the bundle, engine and batcher (``async``: FastAPI runs a plain
+    ``def`` dependency in its thread pool, a thread hop per request for a dictionary lookup)."""
     state: ServingState = request.app.state.serving
     return state
 
 
-def get_settings(state: ServingState = Depends(get_state)) -> ServerSettings:
+async def get_settings(state: ServingState = Depends(get_state)) -> ServerSettings:
     """The dependency through which routes read the app's settings (read once when the app was built)."""
     return state.settings
