@@ -2,7 +2,7 @@
 
 Command: ``radgr train align --method dpo|simpo|orpo|rad-dpo [--no-tlgd --no-rdrw --no-ml-sft]
 --sft RUN_DIR/final --samples DIR --out RUN_DIR [--resume --max-steps N --batch-size B --lr LR --seed S
---save-steps K]``
+--save-steps K --rdrw-window M --rdrw-layer L]``
 
 Contract
 --------
