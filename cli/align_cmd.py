@@ -64,10 +64,11 @@ def align_command(
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N sessions."),
 ) -> int:
     """Preference alignment from an SFT checkpoint."""
-    from training.align import RDRW_AUC_PLOT_FILE, AlignConfig, run_align
+    from training.align import AlignConfig, run_align
     from training.losses import RadDpoConfig
     from training.model import read_train_info
     from training.rdrw import RdrwConfig
+    from training.rdrw_detector import RDRW_AUC_PLOT_FILE
     from training.train_config import TrainConfig
     from training.trainer import LOSS_PLOT_FILE, TRAIN_LOG_FILE
 

@@ -26,9 +26,9 @@ Contract
   (``training.detector_auc``) over each logging window is logged as ``rdrw/auc`` (with ``rdrw/auc_pairs``; absent
   while warming up or when the window lacks a class), drawn per logging step in ``RUN_DIR/rdrw_auc.png``; over
   every post-warm-up pair of the run it is ``rdrw_auc`` in ``radgr_train.json`` (with counts and each class's mean
-  weight). Memory is bounded (``AucAccumulator``'s cap); both accumulators travel in checkpoints. Under data
-  parallel they hold this rank's pairs (rank 0's are logged, like the other per-step metrics). Observation only:
-  the weights and the loss are computed exactly as without it.
+  weight), kept by ``training.rdrw_detector.RdrwDetector``. Memory is bounded (``AucAccumulator``'s cap); both
+  accumulators travel in checkpoints. Under data parallel they hold this rank's pairs (rank 0's are logged, like
+  the other per-step metrics). Observation only: the weights and the loss are computed exactly as without it.
 - Output: ``RUN_DIR/final/`` = HF model dir like SFT's (tokenizer copied) with ``radgr_train.json`` holding the
   method, the ablation switches, every loss config and the SFT checkpoint's own provenance.
 """
@@ -43,14 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerCallback
 
 from decoding.prompt import PROMPT_VERSION
 from decoding.sid_vocab import SidVocab
 from training.align_collators import PackedSessionCollator, PairCollator, packed_batch_of
 from training.batching import ListDataset
-from training.detector_auc import AucAccumulator
-from training.loss_plot import write_metric_plot
 from training.losses import (
     DpoConfig,
     OrpoConfig,
@@ -65,13 +63,13 @@ from training.losses import (
 from training.packing import packed_forward
 from training.prompt_ids import PromptIds, check_prompt_version
 from training.rdrw import RdrwConfig, RdrwState, pair_similarity
+from training.rdrw_detector import RdrwAucPlotCallback, RdrwDetector
 from training.train_config import TrainConfig, training_arguments
 from training.trainer import RadgrTrainer, last_checkpoint, run_callbacks
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("dpo", "simpo", "orpo", "rad-dpo")
-RDRW_AUC_PLOT_FILE = "rdrw_auc.png"
 
 
 def default_align_train_config() -> TrainConfig:
@@ -158,15 +156,14 @@ class AlignTrainer(RadgrTrainer):
             self.ref_model.to(self.args.device)
         self.rdrw = RdrwState(align_cfg.rdrw) if align_cfg.method == "rad-dpo" and align_cfg.rad.rdrw else None
         # RDRW as a pseudo-negative detector: (1 − w, relevant) of post-warm-up pairs, this logging window / the run
-        self.rdrw_auc_window = AucAccumulator()
-        self.rdrw_auc_run = AucAccumulator()
+        self.rdrw_detector = RdrwDetector()
 
     # -- RDRW state (and the detector's pairs) travel with checkpoints
     def checkpoint_extra_state(self) -> dict[str, Any] | None:
         if self.rdrw is None:
             return None
         return {"rdrw": self.rdrw.state_dict(),
-                "rdrw_auc": {"window": self.rdrw_auc_window.state_dict(), "run": self.rdrw_auc_run.state_dict()}}
+                "rdrw_auc": self.rdrw_detector.state_dict()}
 
     def load_checkpoint_extra_state(self, state: dict[str, Any]) -> None:
         if self.rdrw is None or "rdrw" not in state:
@@ -176,34 +173,19 @@ class AlignTrainer(RadgrTrainer):
             raise ValueError(f"checkpoint RDRW config {restored.cfg} differs from this run's {self.align_cfg.rdrw}")
         self.rdrw = restored
         if "rdrw_auc" in state:
-            self.rdrw_auc_window = AucAccumulator.from_state_dict(state["rdrw_auc"]["window"])
-            self.rdrw_auc_run = AucAccumulator.from_state_dict(state["rdrw_auc"]["run"])
+            self.rdrw_detector = RdrwDetector.from_state_dict(state["rdrw_auc"])
         else:  # a checkpoint from before the detector's pairs were saved: the weights resume exactly regardless
             logger.warning("checkpoint has no RDRW detector pairs: rdrw_auc counts only pairs after the resume")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the logging window's RDRW detector AUC to a training log line, then start a new window."""
-        if "loss" in logs and self.rdrw_auc_window.pairs:
-            auc = self.rdrw_auc_window.auc()
-            if auc == auc:  # NaN: the window's pairs are all of one class
-                logs["rdrw/auc"] = auc
-                logs["rdrw/auc_pairs"] = float(self.rdrw_auc_window.pairs)
-            self.rdrw_auc_window = AucAccumulator(self.rdrw_auc_window.cap)
+        if "loss" in logs:
+            logs.update(self.rdrw_detector.take_window_log())
         super().log(logs, start_time)
 
     def rdrw_auc_summary(self) -> dict[str, Any] | None:
         """The run's post-warm-up detector statistics for ``radgr_train.json`` (None without RDRW)."""
-        if self.rdrw is None:
-            return None
-        s = self.rdrw_auc_run.summary()
-
-        def weight(score: float | None) -> float | None:
-            return None if score is None else 1.0 - score
-
-        return {"auc": s["auc"], "pairs": s["pairs"], "relevant": s["positives"], "irrelevant": s["negatives"],
-                "kept": s["kept"], "mean_weight_relevant": weight(s["mean_score_positive"]),
-                "mean_weight_irrelevant": weight(s["mean_score_negative"]),
-                "score": "1 - w; relevant = the simulator's negative_relevant; pairs weighed after warm-up"}
+        return None if self.rdrw is None else self.rdrw_detector.summary()
 
     def _record(self, values: dict[str, torch.Tensor]) -> None:
         """Record scalar-tensor metrics with one device-to-host copy (no sync per metric); NaN = not observed."""
@@ -292,38 +274,9 @@ class AlignTrainer(RadgrTrainer):
             known = u & (rel >= 0)
             if bool(known.any()):
                 score, relevant = (1.0 - weights[known]).cpu(), (rel[known] == 1).cpu()
-                self.rdrw_auc_window.add(score, relevant)
-                self.rdrw_auc_run.add(score, relevant)
+                self.rdrw_detector.add(score, relevant)
         self._record(metrics)
         return terms.per_session.sum()
-
-
-class RdrwAucPlotCallback(TrainerCallback):
-    """Rank 0 redraws ``RUN_DIR/rdrw_auc.png`` (``rdrw/auc`` per logging step, chance 0.5, the run's AUC so far)
-    on every checkpoint save and at the end, once the log holds an ``rdrw/auc``."""
-
-    def __init__(self, run_dir: str | Path, trainer: AlignTrainer) -> None:
-        self.run_dir = Path(run_dir)
-        self.trainer = trainer
-
-    def _draw(self, state: TrainerState) -> None:
-        if not state.is_world_process_zero or not any("rdrw/auc" in r for r in state.log_history):
-            return
-        hlines = {"chance (0.5)": 0.5}
-        run_auc = self.trainer.rdrw_auc_run.auc()
-        if run_auc == run_auc:
-            hlines[f"all post-warm-up pairs ({run_auc:.3f})"] = run_auc
-        write_metric_plot(state.log_history, "rdrw/auc", self.run_dir / RDRW_AUC_PLOT_FILE,
-                          ylabel="ROC AUC of 1 − w (relevant vs irrelevant negatives)",
-                          title="RDRW as a pseudo-negative detector, per logging window", hlines=hlines,
-                          ylim=(0.0, 1.0))
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self._draw(state)
-
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     **kwargs: Any) -> None:
-        self._draw(state)
 
 
 # ---------------------------------------------------------------------------------------------- the run
