@@ -108,6 +108,8 @@ def test_paper_table_tiny_end_to_end(tiny_world: tuple[Path, Path, Path], tmp_pa
     assert {c["claim"] for c in doc["checks"]} >= {"DPO below SFT", "w/o RDRW below RAD-DPO"}
     assert "rdrw/weight_pseudo_neg" in doc["diagnostics"]["rad-dpo"]
     assert "rdrw/weight_pseudo_neg" not in doc["diagnostics"]["rad-dpo-no-rdrw"]
+    assert 0.0 <= doc["diagnostics"]["rad-dpo"]["rdrw/auc"] <= 1.0  # RDRW as a detector, after warm-up
+    assert "rdrw/auc" not in doc["diagnostics"]["rad-dpo-no-rdrw"]
     md = (out / "paper_table.md").read_text()
     assert "| RAD-DPO |" in md and "true relevance" in md
     # intervals and paired tests (training.stats): every variant against SFT and RAD-DPO, p in (0, 1]

@@ -121,7 +121,8 @@ def shape_checks(agg: dict[str, dict[str, list[float]]],
 
 def diagnostics_from_log(run_dir: Path) -> dict[str, float]:
     """Means over the logged steps of a training run: RDRW weights of pseudo-/irrelevant negatives (after warm-up),
-    their similarities, shared-prefix shares, final loss and reward margin."""
+    RDRW's detector AUC (mean over logging windows), their similarities, shared-prefix shares, final loss and reward
+    margin."""
     path = run_dir / TRAIN_LOG_FILE
     if not path.is_file():
         return {}
@@ -134,7 +135,7 @@ def diagnostics_from_log(run_dir: Path) -> dict[str, float]:
         vals = [r[key] for r in warm if key in r]
         if vals:
             out[key] = float(np.mean(vals))
-    for key in ("rdrw/similarity_pseudo_neg", "rdrw/similarity_irrelevant_neg", "pairs/shared_first",
+    for key in ("rdrw/auc", "rdrw/similarity_pseudo_neg", "rdrw/similarity_irrelevant_neg", "pairs/shared_first",
                 "pairs/shared_two", "rewards/margin", "rewards/accuracy"):
         vals = [r[key] for r in log if key in r]
         if vals:
@@ -257,7 +258,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
             lines.append("| " + " | ".join([PAPER_NAMES[v], *cells]) + " |")
     diag = doc.get("diagnostics", {})
     if diag:
-        keys = [("rdrw/mean_weight", "mean w"),
+        keys = [("rdrw/mean_weight", "mean w"), ("rdrw/auc", "RDRW AUC"),
                 ("rdrw/weight_pseudo_neg", "w pseudo-neg"), ("rdrw/weight_irrelevant_neg", "w irrelevant neg"),
                 ("rdrw/similarity_pseudo_neg", "cos pseudo-neg"), ("rdrw/similarity_irrelevant_neg", "cos irrel."),
                 ("pairs/shared_first", "share 1st tok"), ("pairs/shared_two", "share 2 tok"),
