@@ -30,14 +30,7 @@ def write_loss_plot(log_history: Sequence[Mapping[str, Any]], path: str | Path, 
     ev = [(int(r["step"]), float(r["eval_loss"])) for r in log_history if "eval_loss" in r]
     if ev:
         ax.plot([s for s, _ in ev], [v for _, v in ev], marker="o", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, "loss", title, path)
 
 
 def write_metric_plot(log_history: Sequence[Mapping[str, Any]], key: str, path: str | Path, *, ylabel: str,
@@ -56,6 +49,13 @@ def write_metric_plot(log_history: Sequence[Mapping[str, Any]], key: str, path: 
         ax.axhline(y, color=f"C{i + 1}", linestyle=("--", ":", "-.")[i % 3], label=label)
     if ylim is not None:
         ax.set_ylim(*ylim)
+    _finish(fig, ax, ylabel, title, path)
+
+
+def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: str | Path) -> None:
+    """Axis labels, grid and legend of a per-step curve; the PNG written atomically; the figure closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
