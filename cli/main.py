@@ -1,7 +1,8 @@
 """``radgr`` — the console entry point; ``radgr --help`` lists every command.
 
 Each command group lives in its own module (``cli/index_cmd.py``, ``cli/data_cmd.py``, ...); this file only
-assembles them. ``main(argv)`` returns the exit code, so tests call it directly.
+assembles them. ``main(argv)`` returns the exit code, so tests call it directly; ``console_main()`` (the installed
+``radgr`` script and ``python -m cli.main``) also leaves a ``torchrun`` process group cleanly before exiting.
 """
 
 from __future__ import annotations
@@ -69,5 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(rv) if isinstance(rv, int) else 0
 
 
+def end_distributed() -> None:
+    """Under ``torchrun``: leave the process group cleanly (a barrier, then destroy) before the process exits, so no
+    rank aborts at exit ("terminate called without an active exception") while another tears its connections
+    down. A no-op anywhere else (torch.distributed not imported, or no process group)."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def console_main() -> int:
+    """The ``radgr`` console script: :func:`main`, then :func:`end_distributed`."""
+    rc = main()
+    end_distributed()
+    return rc
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

@@ -95,6 +95,9 @@ def _worker(spec_path: Path) -> None:
         if rc != 0:
             raise SystemExit(f"radgr {' '.join(argv)} exited {rc}")
     _rdrw_worker(Path(spec["rdrw_out"]))
+    from cli.main import end_distributed
+
+    end_distributed()  # without it a rank could abort at exit while the other tears gloo down (seen in CI runs)
 
 
 def _sft_command(world: dict[str, Path]) -> list[str]:
