@@ -553,7 +553,9 @@ def plan(ctx: Context) -> list[Planned]:
             (radgr, "loadtest", "--bundle", rel(ctx.work / "bundle"), "--engine", engine, "--sweep",
              *start, *sizes.sweep_args, "--client-cpus", "1", "--out", rel(out / f"sweep-{engine}")),
             (("OMP_NUM_THREADS", "1"),)), needs_bundle=True, ok_codes=(0, 1)))
-    for name, script, args, threads in (("align", "bench_align.py", sizes.align_args, 2),
+    # align on one thread: with two, its many small parallel regions collapse (40x) whenever anything else takes a
+    # turn on a core, which made the 2026-12-03 report read 1.58x for a 16x ratio (docs/benchmarks.md)
+    for name, script, args, threads in (("align", "bench_align.py", sizes.align_args, 1),
                                         ("sid_index", "bench_sid_index.py", sizes.sid_index_args, 2),
                                         ("data", "bench_data.py", sizes.data_args, 1)):
         steps.append(Planned(name, py(f"benchmarks/{script}", *args, "--out", rel(out / name), threads=threads)))
