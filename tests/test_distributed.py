@@ -6,7 +6,8 @@
   shapes) and DDP sums gradients in another order, so float32 sums differ in the last bits (measured after 4
   steps: weights within 3.7e-7 for SFT and 1.2e-7 for RAD-DPO, losses within 1e-7 relative).
 - FSDP2 on CPU (``accelerate launch --config_file configs/fsdp_cpu.yaml``, the path of ``configs/fsdp.yaml``):
-  the same SFT losses and final weights (gathered to rank 0) as one process, to the same tolerance.
+  the same SFT and RAD-DPO losses and final weights (gathered to rank 0) as one process, to the same tolerance,
+  and for RAD-DPO the same RDRW window in the step-2 checkpoint (measured: weights within 1.1e-8, losses 1e-7).
 - RDRW's window is global: two ranks fed different similarity batches hold the same quartiles at every step and
   weigh a pair exactly as one process fed both batches does; with a per-rank window (the old behaviour) they
   would differ, which the same worker shows. The RAD-DPO run checks it end to end: its checkpoint's RDRW window
@@ -106,8 +107,8 @@ def _sft_command(world: dict[str, Path]) -> list[str]:
             "--tokenizer-vocab", "300", "--seed", "0"]
 
 
-def _align_command(root: Path) -> list[str]:
-    """A tiny 'SFT' checkpoint (random weights) and 32 sessions under ``root``; the RAD-DPO command on them."""
+def _make_align_world(root: Path) -> None:
+    """A tiny 'SFT' checkpoint (random weights) and 32 sessions under ``root``: :func:`_align_command`'s inputs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from conftest import make_tiny_model, make_tiny_tokenizer
@@ -117,15 +118,20 @@ def _align_command(root: Path) -> list[str]:
     from training.model import save_model_dir
 
     tok = make_tiny_tokenizer((4, 4, 4), words=["a", "b", "c", "drill", "tape"])
-    sft = save_model_dir(make_tiny_model(len(tok), seed=3), tok, root / "sft" / "final",
-                         {"method": "sft", "codebook_sizes": [4, 4, 4], "model": {"preset": "test"}})
+    save_model_dir(make_tiny_model(len(tok), seed=3), tok, root / "sft" / "final",
+                   {"method": "sft", "codebook_sizes": [4, 4, 4], "model": {"preset": "test"}})
     rng = random.Random(0)
     samples = root / "samples"
     samples.mkdir(parents=True)
     pq.write_table(pa.Table.from_batches([samples_to_batch([_make_sample(i, rng) for i in range(32)])]),
                    samples / "train.parquet")
-    return ["train", "align", "--method", "rad-dpo", "--sft", str(sft), "--samples", str(samples), "--max-steps", "4",
-            "--lr", "1e-3", "--logging-steps", "1", "--save-steps", "2", "--rdrw-window", "8", "--seed", "0"]
+
+
+def _align_command(root: Path) -> list[str]:
+    """The RAD-DPO command on the world :func:`_make_align_world` made under ``root``."""
+    return ["train", "align", "--method", "rad-dpo", "--sft", str(root / "sft" / "final"), "--samples",
+            str(root / "samples"), "--max-steps", "4", "--lr", "1e-3", "--logging-steps", "1", "--save-steps", "2",
+            "--rdrw-window", "8", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +149,7 @@ def runs(sft_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 
     root = tmp_path_factory.mktemp("ddp")
     sft = _sft_command(sft_world)
+    _make_align_world(root / "align-world")
     align = _align_command(root / "align-world")
     (root / "rdrw").mkdir()
     spec = {"commands": [[*sft, "--out", str(root / "sft-two"), "--batch-size", "8"],
@@ -208,28 +215,47 @@ def test_ddp_sft_matches_one_process(runs: Path) -> None:
     assert losses[-1] < losses[0]  # it trained
 
 
+def _fsdp_launcher() -> tuple[str, ...]:
+    """``accelerate launch`` with configs/fsdp_cpu.yaml (full shard per decoder layer, gloo, 2 processes)."""
+    return ("accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "fsdp_cpu.yaml"),
+            "--main_process_port", str(_free_port()), "-m")
+
+
 @pytest.mark.slow
 def test_fsdp_sft_matches_one_process(runs: Path, sft_world: dict[str, Path], tmp_path: Path) -> None:
-    """FSDP2 (configs/fsdp_cpu.yaml: full shard per decoder layer, gloo) through ``accelerate launch``: the same
-    losses and, gathered into rank 0's final model directory, the same weights as one process."""
-    launcher = ("accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "fsdp_cpu.yaml"),
-                "--main_process_port", str(_free_port()), "-m")
+    """FSDP2 through ``accelerate launch``: the same losses and, gathered into rank 0's final model directory, the
+    same weights as one process."""
     _launch(["cli.main", *_sft_command(sft_world), "--out", str(tmp_path / "fsdp"), "--batch-size", "8"], tmp_path,
-              launcher)
+            _fsdp_launcher())
     _assert_same_run(runs / "sft-one", tmp_path / "fsdp")
+
+
+def _assert_same_rdrw(single: Path, parallel: Path) -> None:
+    """RDRW acted (warm after step 1) and the step-2 checkpoint (rank 0's file) holds the global window: the single
+    run's; the final quartiles agree too."""
+    extra = [torch.load(run / "checkpoints" / "checkpoint-2" / "radgr_extra_state.pt", weights_only=False)
+             for run in (single, parallel)]
+    assert extra[0]["rdrw"]["seen"] == extra[1]["rdrw"]["seen"] > 8
+    np.testing.assert_allclose(extra[1]["rdrw"]["window"], extra[0]["rdrw"]["window"], rtol=0, atol=1e-5)
+    info = [json.loads((run / "final" / "radgr_train.json").read_text()) for run in (single, parallel)]
+    assert info[0]["rdrw_final"]["seen"] == info[1]["rdrw_final"]["seen"]
+    np.testing.assert_allclose(info[1]["rdrw_final"]["quartiles"], info[0]["rdrw_final"]["quartiles"], atol=1e-5)
 
 
 @pytest.mark.slow
 def test_ddp_rad_dpo_matches_one_process(runs: Path) -> None:
     _assert_same_run(runs / "align-one", runs / "align-two")
-    # RDRW acted (warm after step 1) and the checkpoint (rank 0's file) holds the global window: the single run's
-    extra = [torch.load(runs / run / "checkpoints" / "checkpoint-2" / "radgr_extra_state.pt", weights_only=False)
-             for run in ("align-one", "align-two")]
-    assert extra[0]["rdrw"]["seen"] == extra[1]["rdrw"]["seen"] > 8
-    np.testing.assert_allclose(extra[1]["rdrw"]["window"], extra[0]["rdrw"]["window"], rtol=0, atol=1e-5)
-    info = [json.loads((runs / run / "final" / "radgr_train.json").read_text()) for run in ("align-one", "align-two")]
-    assert info[0]["rdrw_final"]["seen"] == info[1]["rdrw_final"]["seen"]
-    np.testing.assert_allclose(info[1]["rdrw_final"]["quartiles"], info[0]["rdrw_final"]["quartiles"], atol=1e-5)
+    _assert_same_rdrw(runs / "align-one", runs / "align-two")
+
+
+@pytest.mark.slow
+def test_fsdp_rad_dpo_matches_one_process(runs: Path, tmp_path: Path) -> None:
+    """RAD-DPO under FSDP2 (batch 4 × 2 ranks) equals one process with batch 8, like DDP: the packed forward runs
+    through the sharded model, RDRW's window is gathered across the FSDP process group."""
+    _launch(["cli.main", *_align_command(runs / "align-world"), "--out", str(tmp_path / "fsdp"), "--batch-size", "4"],
+            tmp_path, _fsdp_launcher())
+    _assert_same_run(runs / "align-one", tmp_path / "fsdp")
+    _assert_same_rdrw(runs / "align-one", tmp_path / "fsdp")
 
 
 if __name__ == "__main__":
