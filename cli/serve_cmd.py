@@ -21,7 +21,8 @@ err_console = Console(stderr=True)
 
 _DEFAULTS: dict[str, str] = {  # shown in --help; ServerSettings holds the real defaults (a test checks they agree)
     "host": "127.0.0.1", "port": "8000", "max_wait_ms": "5.0", "max_batch_requests": "16", "max_batch_rows": "1024",
-    "max_queue_requests": "64", "max_queue_rows": "8192", "max_queue_wait_s": "0.5", "request_timeout_s": "10.0",
+    "max_queue_requests": "64", "max_queue_rows": "8192", "max_queue_wait_s": "0.5", "queue_wait_batches": "3.0",
+    "request_timeout_s": "10.0",
     "drain_grace_s": "10.0",
     "device": "auto", "torch_threads": "0", "log_level": "info", "engine": "auto", "engine_process": "False",
     "engine_nice": "10",
@@ -48,6 +49,8 @@ def serve_command(
     max_queue_requests: int | None = _opt("max_queue_requests", "Queued requests before 503."),
     max_queue_rows: int | None = _opt("max_queue_rows", "Queued beam rows before 503."),
     max_queue_wait_s: float | None = _opt("max_queue_wait_s", "Shed (503) when the estimated wait exceeds this."),
+    queue_wait_batches: float | None = _opt("queue_wait_batches", "... or this many full batches at the measured "
+                                                                    "rate, whichever is shorter."),
     request_timeout_s: float | None = _opt("request_timeout_s", "Per-request deadline (504)."),
     drain_grace_s: float | None = _opt("drain_grace_s", "SIGTERM grace period for in-flight work."),
     device: str | None = _opt("device", "Engine device: auto, cpu, cuda or cuda:N."),
@@ -76,7 +79,8 @@ def serve_command(
     options: dict[str, Any] = {
         "host": host, "port": port, "max_wait_ms": max_wait_ms, "max_batch_requests": max_batch_requests,
         "max_batch_rows": max_batch_rows, "max_queue_requests": max_queue_requests, "max_queue_rows": max_queue_rows,
-        "max_queue_wait_s": max_queue_wait_s, "request_timeout_s": request_timeout_s, "drain_grace_s": drain_grace_s,
+        "max_queue_wait_s": max_queue_wait_s, "queue_wait_batches": queue_wait_batches,
+        "request_timeout_s": request_timeout_s, "drain_grace_s": drain_grace_s,
         "device": device,
         "torch_threads": torch_threads, "log_level": log_level, "engine": engine, "engine_process": engine_process,
         "engine_nice": engine_nice,

@@ -141,6 +141,7 @@ def create_app(settings: ServerSettings | None = None, engine_factory: EngineFac
             max_wait_s=settings.max_wait_ms / 1000.0, max_batch_requests=settings.max_batch_requests,
             max_batch_rows=settings.max_batch_rows, max_queue_requests=settings.max_queue_requests,
             max_queue_rows=settings.max_queue_rows, max_queue_wait_s=settings.max_queue_wait_s,
+            queue_wait_batches=settings.queue_wait_batches,
             stall_s=settings.engine_stall_s,
             probe_interval_s=settings.engine_probe_interval_s), metrics, engine.name, engine_thread=engine_thread)
         state.bundle, state.engine, state.batcher = bundle, engine, batcher

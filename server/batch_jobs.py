@@ -40,6 +40,9 @@ class BatcherConfig:
     stall_s: float = 60.0  # a batch running longer than this marks the engine dead (hung) until it returns
     probe_interval_s: float = 5.0  # while dead and idle, retry the probe request this often
     max_queue_wait_s: float = 0.5  # shed a request whose estimated wait + service exceeds this (measured rate)
+    # ... or exceeds this many full batches (max_batch_rows rows each) at the measured rate, whichever is shorter:
+    # queueing more than a few batches adds latency and no throughput (the engine is busy either way)
+    queue_wait_batches: float = 3.0
     service_ewma: float = 0.2  # weight of the newest batch in the seconds-per-row moving average
 
     def __post_init__(self) -> None:
@@ -51,6 +54,8 @@ class BatcherConfig:
             raise ValueError(f"probe_interval_s must be in [0.01, 3600], given {self.probe_interval_s}")
         if not 0.01 <= self.max_queue_wait_s <= 600.0:
             raise ValueError(f"max_queue_wait_s must be in [0.01, 600], given {self.max_queue_wait_s}")
+        if not 1.0 <= self.queue_wait_batches <= 1000.0:
+            raise ValueError(f"queue_wait_batches must be in [1, 1000], given {self.queue_wait_batches}")
         if not 0.0 < self.service_ewma <= 1.0:
             raise ValueError(f"service_ewma must be in (0, 1], given {self.service_ewma}")
         for name in ("max_batch_requests", "max_batch_rows", "max_queue_requests", "max_queue_rows"):

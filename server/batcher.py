@@ -6,10 +6,12 @@ Contract (docs/serving.md "Serving behaviour"):
    :class:`QueueFull` (→ 503). ``retrieve`` = ``admit`` + ``wait``.
    It also bounds the *wait*: from the measured service rate (an exponential moving average of engine seconds
    per beam row over recent batches, :meth:`MicroBatcher.estimated_wait`), a request is admitted only if the rows
-   ahead of it (queued + running) plus its own would be served within ``max_queue_wait_s`` and before its
-   deadline; otherwise it is shed at once (reason ``queue_wait``) instead of waiting to time out. With nothing
-   ahead only the deadline binds (an idle server serves a request however long its own service). Until the first
-   batch has run there is no estimate and only the length bounds apply.
+   ahead of it (queued + running) plus its own would be served within the wait bound
+   (:meth:`MicroBatcher.wait_bound`: ``max_queue_wait_s`` or ``queue_wait_batches`` full batches at the measured
+   rate, whichever is shorter) and before its deadline; otherwise it is shed at once (reason ``queue_wait``)
+   instead of waiting to time out. With nothing ahead only the deadline binds (an idle server serves a request
+   however long its own service). Until the first batch has run there is no estimate and only the length bounds
+   apply.
 2. The dispatcher takes the queue's head and waits at most ``max_wait_s`` after that *first* request was queued
    (Ray Serve semantics) for more, or less if the batch fills first; when the engine was busy the head has usually
    waited already and the batch goes at once with whatever queued meanwhile.
@@ -147,24 +149,35 @@ class MicroBatcher:
             return None
         return (self._inflight_rows + self._queued_rows + rows) * self._seconds_per_row
 
+    def wait_bound(self) -> float:
+        """Seconds a request may be estimated to wait (ahead of it, plus its own service) while anything is queued
+        or running: ``max_queue_wait_s``, or ``queue_wait_batches`` full batches (``max_batch_rows`` rows each) at
+        the measured rate, whichever is shorter. More queued work than a few batches keeps the engine no busier; it
+        only adds latency. On a slow machine the batches' share is long and ``max_queue_wait_s`` binds."""
+        if self._seconds_per_row is None:
+            return self.cfg.max_queue_wait_s
+        batches = self.cfg.queue_wait_batches * self.cfg.max_batch_rows * self._seconds_per_row
+        return min(self.cfg.max_queue_wait_s, batches)
+
     def shed_reason(self) -> str | None:
-        """A message while even one more beam row would wait longer than ``max_queue_wait_s``, else ``None`` (the
-        cheap early check, made before a request's body is read)."""
+        """A message while even one more beam row would wait longer than the wait bound, else ``None`` (the cheap
+        early check, made before a request's body is read)."""
         wait = self.estimated_wait(1)
-        if wait is not None and wait > self.cfg.max_queue_wait_s:
-            return f"server busy: estimated wait {wait:.2f} s exceeds {self.cfg.max_queue_wait_s:.2f} s"
+        bound = self.wait_bound()
+        if wait is not None and wait > bound:
+            return f"server busy: estimated wait {wait:.2f} s exceeds {bound:.2f} s"
         return None
 
     def check_wait(self, rows: int, deadline: float) -> None:
         """Raise :class:`QueueFull` (``queue_wait``) when ``rows`` more beam rows would not be served before
         ``deadline`` (``time.monotonic()`` seconds) at the measured rate, or, while anything is queued or running,
-        within ``max_queue_wait_s``. An idle server never sheds for ``max_queue_wait_s``: a request whose own
-        service alone takes longer (a big beam on a slow machine) would otherwise never be served."""
+        within :meth:`wait_bound`. An idle server never sheds for the wait bound: a request whose own service
+        alone takes longer (a big beam on a slow machine) would otherwise never be served."""
         wait = self.estimated_wait(rows)
         if wait is not None:
             budget = deadline - time.monotonic()
             if self._inflight_rows + self._queued_rows > 0:  # alone, a big request is served (only its deadline binds)
-                budget = min(budget, self.cfg.max_queue_wait_s)
+                budget = min(budget, self.wait_bound())
             if wait > budget:
                 raise QueueFull("queue_wait", f"server busy: estimated wait {wait:.2f} s exceeds {budget:.2f} s")
 

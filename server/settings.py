@@ -45,6 +45,9 @@ class ServerSettings(BaseSettings):
     max_queue_wait_s: float = Field(
         0.5, ge=0.01, le=600.0, description="Shed (503) a request whose estimated queue wait plus service, from the "
         "measured service rate, exceeds this (or its deadline).")
+    queue_wait_batches: float = Field(
+        3.0, ge=1.0, le=1000.0, description="... or exceeds this many full batches (max_batch_rows rows each) at the "
+        "measured rate, whichever is shorter: queueing more adds latency, not throughput.")
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="Per-request deadline (504 past it).")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest request body (413 above).")
     request_read_timeout_s: float = Field(10.0, ge=0.05, le=600.0,

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -257,8 +258,44 @@ def test_an_idle_server_serves_a_request_longer_than_the_wait_bound() -> None:
     assert second == "queue_wait"
 
 
+def test_the_wait_bound_is_a_few_full_batches_when_that_is_shorter() -> None:
+    """At 10 ms per row, with 8-row batches and ``queue_wait_batches`` 2, the bound is 2 × 8 × 10 ms = 0.16 s (not
+    ``max_queue_wait_s`` 10 s): 4-row requests are admitted while the rows ahead plus their own fit in 16 rows
+    (4 requests), the rest shed as ``queue_wait``; a shorter ``max_queue_wait_s`` still wins over the batches."""
+
+    async def main() -> tuple[float, int, list[str], float]:
+        cfg = BatcherConfig(max_wait_s=0.0, max_queue_wait_s=10.0, max_batch_rows=8, queue_wait_batches=2.0,
+                            service_ewma=1.0)
+        b = MicroBatcher(SlowPerRow(0.01), cfg)
+        await b.start()
+        assert b.wait_bound() == 10.0  # nothing measured yet: max_queue_wait_s
+        await b.retrieve(req(0), far())  # measures 10 ms per row
+        bound = b.wait_bound()
+        admitted, reasons = [], []
+        for i in range(10):
+            try:
+                admitted.append(b.admit(req(i), far()))
+            except QueueFull as exc:
+                reasons.append(exc.reason)
+        await asyncio.gather(*(b.wait(j) for j in admitted))
+        tight = MicroBatcher(SlowPerRow(0.01), replace(cfg, max_queue_wait_s=0.05))
+        await tight.start()
+        await tight.retrieve(req(0), far())
+        tight_bound = tight.wait_bound()
+        await tight.stop()
+        await b.stop()
+        return bound, len(admitted), reasons, tight_bound
+
+    bound, n, reasons, tight_bound = run(main())
+    assert 0.12 <= bound <= 0.25  # 0.16 s, with the first batch's timing noise
+    assert 3 <= n <= 5 and reasons and set(reasons) == {"queue_wait"}
+    assert tight_bound == 0.05
+
+
 def test_wait_bound_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="max_queue_wait_s"):
         BatcherConfig(max_queue_wait_s=0.0)
     with pytest.raises(ValueError, match="service_ewma"):
         BatcherConfig(service_ewma=0.0)
+    with pytest.raises(ValueError, match=r"queue_wait_batches must be in \[1, 1000\]"):
+        BatcherConfig(queue_wait_batches=0.5)
