@@ -87,7 +87,7 @@ def comparison_lines(eval_json: Path) -> list[str]:
             "(see `radgr experiment paper-table` for seeds and significance)."]
 
 
-def _run_step(step: Step, done_dir: Path, children: Children) -> None:
+def run_step(step: Step, done_dir: Path, children: Children) -> None:
     """Run ``radgr <argv>`` in a child process unless its marker says the same command already finished."""
     marker = done_dir / f"{step.name}.done"
     if marker.exists() and marker.read_text() == step.line and all(p.exists() for p in step.outputs):
@@ -149,7 +149,7 @@ def _run_demo(workdir: Path, port: int, keep_serving: bool, fresh: bool, childre
     done = workdir / ".steps"
     done.mkdir(parents=True, exist_ok=True)
     for step in demo_steps(workdir):
-        _run_step(step, done, children)
+        run_step(step, done, children)
     bundle, samples = f"{workdir}/bundle", workdir / "samples"
     console.rule("[bold]RAD-DPO vs SFT")
     for line in comparison_lines(workdir / EVAL_FILE):

@@ -16,7 +16,17 @@ import typer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from cli import align_cmd, data_cmd, demo_cmd, export_cmd, index_cmd, loadtest_cmd, serve_cmd, train_cmd
+from cli import (
+    align_cmd,
+    data_cmd,
+    demo_cmd,
+    export_cmd,
+    index_cmd,
+    loadtest_cmd,
+    serve_cmd,
+    sweep_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(name="radgr", help="Generative retrieval with Semantic IDs and RAD-DPO.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -32,6 +42,8 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Experiments.")
 experiment_app.command("paper-table", help="SFT, baselines, RAD-DPO and ablations over seeds.")(
     align_cmd.paper_table_command
 )
+experiment_app.command("thesis-sweep", help="RAD-DPO's gain vs DPO/SimPO and its ablations' loss across simulator "
+                       "knobs.")(sweep_cmd.thesis_sweep_command)
 experiment_app.command("ab", help="Simulated online A/B test of two served bundles over HTTP.")(align_cmd.ab_command)
 app.add_typer(experiment_app, name="experiment")
 
