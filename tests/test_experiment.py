@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import make_tiny_world
 
 from training.experiment import VARIANTS
 from training.experiment_report import PAPER_NAMES, aggregate, mean_std, shape_checks
@@ -55,39 +52,7 @@ def test_cli_default_rows_and_report_names_match_variants() -> None:
 def tiny_world(tmp_path: Path, tiny_lm_factory: Any) -> tuple[Path, Path, Path]:
     """A 40-item index over codebooks (4, 4, 4), 24 train and 6 test samples whose codes are valid SIDs, and an
     'SFT' checkpoint (a random tiny model)."""
-    from decoding.prompt import PROMPT_VERSION
-    from sid_index.index import SidIndex
-    from training.data.sample_format import Sample, samples_to_batch
-    from training.model import save_model_dir
-
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 4, size=(40, 3))
-    items = [f"i{k}" for k in range(40)]
-    index = SidIndex.from_codes(items, codes, rng.random(40), None, (4, 4, 4))
-    index_dir = tmp_path / "index"
-    index.save(index_dir)
-    r = random.Random(1)
-
-    def sample(i: int, split: str) -> Sample:
-        pick = r.sample(range(40), 5)
-        pos, neg = pick[:2], pick[2:]
-        c = [(int(codes[k, 0]), int(codes[k, 1]), int(codes[k, 2])) for k in pick]
-        return Sample(session_id=f"{split}{i}", day=1 if split == "train" else 2, split=split,
-                      prompt=f"query: {r.choice(['a', 'b', 'drill'])} item:", prompt_version=PROMPT_VERSION,
-                      positive_items=tuple(items[k] for k in pos), positive_codes=tuple(c[:2]), top_index=0,
-                      negative_items=tuple(items[k] for k in neg), negative_codes=tuple(c[2:]),
-                      negative_relevant=(True, False, False), relevant_items=(items[pos[0]], items[neg[0]]),
-                      relevant_grades=(2, 1))
-
-    samples_dir = tmp_path / "samples"
-    samples_dir.mkdir()
-    for split, n in (("train", 24), ("test", 6)):
-        batch = samples_to_batch([sample(i, split) for i in range(n)])
-        pq.write_table(pa.Table.from_batches([batch]), samples_dir / f"{split}.parquet")
-    model, tok = tiny_lm_factory((4, 4, 4), seed=5)
-    sft = save_model_dir(model, tok, tmp_path / "sft" / "final",
-                         {"method": "sft", "codebook_sizes": [4, 4, 4], "model": {"preset": "test"}})
-    return samples_dir, index_dir, sft
+    return make_tiny_world(tmp_path, tiny_lm_factory, n_train=24, n_test=6)
 
 
 @pytest.mark.slow

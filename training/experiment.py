@@ -1,13 +1,15 @@
 """The paper's table: SFT, DPO, SimPO, ORPO, RAD-DPO and its three ablations from one SFT checkpoint, over seeds.
 
 Command: ``radgr experiment paper-table --samples DIR --index DIR --sft RUN_DIR/final --out DIR [--seeds 3]
-[--config default|tiny] [--methods sft,dpo,...] [--dataset-name simulated|amazon]``
+[--config default|tiny] [--methods sft,dpo,...] [--dataset-name simulated|amazon] [--tuned TUNE_DIR/tune.json]``
 
 Contract
 --------
 - Every aligned variant starts from the same SFT checkpoint and trains with ``training.align.run_align`` under
-  the chosen preset (:data:`PRESETS`), once per seed (seeds ``0 .. seeds-1`` set the initial data order and every
-  random choice of the trainer). The SFT row is the checkpoint itself, evaluated once (n = 1, std 0).
+  the chosen preset (:data:`PRESETS`), or with its method's hyper-parameters chosen on validation
+  (``--tuned``, :func:`tuned_align_parts`, ``training.align_tune``), once per seed (seeds ``0 .. seeds-1`` set
+  the initial data order and every random choice of the trainer). The SFT row is the checkpoint itself,
+  evaluated once (n = 1, std 0).
 - Every model is evaluated by ``training.evaluate.evaluate_engine`` (the ``TorchBeamEngine``: trie-constrained
   beam search, plus the unconstrained pass for the hallucination rate) with the same :class:`EvalConfig` on the
   same test sessions (the first ``eval_limit`` of ``test.parquet`` when the preset caps it).
@@ -112,6 +114,9 @@ class ExperimentConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields replacing the preset's
     eval_limit: int | None = None  # replaces the preset's number of test sessions
     rdrw_window: int | None = None  # replaces the preset's RDRW window
+    # method → hyper-parameters chosen on validation (``training.align_tune``: lr, max_steps, loss fields); the
+    # RAD-DPO ablations take RAD-DPO's. They outrank the preset and ``overrides``.
+    tuned: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -127,6 +132,9 @@ class ExperimentConfig:
         bad = [k for k in self.overrides if k not in TrainConfig.__dataclass_fields__]
         if bad:
             raise ValueError(f"overrides name unknown TrainConfig fields {bad}")
+        unknown_methods = [m for m in self.tuned if m not in ("dpo", "simpo", "orpo", "rad-dpo")]
+        if unknown_methods:
+            raise ValueError(f"tuned names unknown methods {unknown_methods}")
 
     def preset_obj(self) -> ExperimentPreset:
         p = PRESETS[self.preset]
@@ -137,6 +145,23 @@ class ExperimentConfig:
         if self.rdrw_window is not None:
             p = replace(p, rdrw_window=self.rdrw_window)
         return p
+
+
+def tuned_align_parts(method: str, train: TrainConfig, rad: RadDpoConfig,
+                      tuned: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """AlignConfig's ``train`` and loss configs for one method under its tuned hyper-parameters (none: as given)."""
+    from training.losses import DpoConfig, OrpoConfig, SimpoConfig
+
+    parts: dict[str, Any] = {"train": train, "dpo": DpoConfig(), "simpo": SimpoConfig(), "orpo": OrpoConfig(),
+                             "rad": rad}
+    chosen = dict(tuned.get(method, {}))
+    if not chosen:
+        return parts
+    lr, steps = chosen.pop("lr", train.lr), chosen.pop("max_steps", train.max_steps)
+    parts["train"] = replace(train, lr=float(lr), max_steps=int(steps))
+    key = "rad" if method == "rad-dpo" else method
+    parts[key] = replace(parts[key], **chosen)
+    return parts
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -179,6 +204,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
     eval_settings = {"eval": asdict(preset.eval), "sft": str(cfg.sft_dir), "samples": str(cfg.samples_dir)}
     settings = {**eval_settings, "preset": cfg.preset, "train": asdict(preset.train),
                 "rdrw_window": preset.rdrw_window, "train_limit": preset.train_limit}
+    if cfg.tuned:
+        settings["tuned"] = cfg.tuned
     jobs = [(v, s) for s in range(cfg.seeds) for v in cfg.variants if VARIANTS[v] is not None or s == 0]
     runs: dict[str, list[dict[str, Any]]] = {}
     diagnostics: dict[str, list[dict[str, float]]] = {}
@@ -200,9 +227,10 @@ def run_experiment(cfg: ExperimentConfig, progress: Callable[[str], None] | None
                 model_dir = cfg.sft_dir
             else:
                 method, rad = spec
+                parts = tuned_align_parts(method, replace(preset.train, seed=seed), rad, cfg.tuned)
                 align_cfg = AlignConfig(method=method, sft_dir=cfg.sft_dir, samples_dir=cfg.samples_dir,
-                                        out_dir=run_dir, train=replace(preset.train, seed=seed), rad=rad,
-                                        rdrw=RdrwConfig(window=preset.rdrw_window), limit=preset.train_limit)
+                                        out_dir=run_dir, **parts, rdrw=RdrwConfig(window=preset.rdrw_window),
+                                        limit=preset.train_limit)
                 model_dir = run_align(align_cfg)
             t_eval = time.time()
             entry = _evaluate(model_dir, index, cfg.index_dir, targets, eval_cfg)
