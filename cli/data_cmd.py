@@ -6,7 +6,7 @@
     radgr data import-amazon --dataset ../shared/datasets/amazon18-industrial --out runs/amazon [--expand-histories]
     radgr data samples --sessions runs/sim/sessions.parquet --index runs/sim/index --catalog runs/sim/catalog.parquet
                        --out runs/sim/samples [--no-hard-search] [--num-negatives 3] [--max-history 50]
-                       [--split-by-day | --split-file splits.csv]
+                       [--split-by-day | --split-file splits.csv] [--shards N [--ray local|auto|HOST:PORT]]
 
 Each command builds a config, calls ``training.data``, prints what it made and returns 0; bad input (an invalid
 option, a missing, truncated or corrupted file) prints one line naming the field or file and returns 2.
@@ -30,12 +30,15 @@ from sid_index.index import SidIndex
 from training.data.amazon import AmazonImportConfig, import_amazon
 from training.data.samples import SampleConfig, build_samples, read_split_file
 from training.data.schema import count_sessions
+from training.data.shards import build_samples_sharded
+from training.data.shards_ray import RayMissingError, build_samples_ray, check_address
 from training.data.sim_config import SimConfig
 from training.data.simulator import simulate_to_dir
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
+MAX_SHARDS = 10_000  # shard jobs of one build (each writes its own folder; the merge opens them one by one)
 
 
 def _progress() -> Progress:
@@ -123,22 +126,45 @@ def samples_command(
     split_file: Path | None = typer.Option(None, help="CSV session_id,split instead of the split by day."),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8192, help="Sessions per streamed batch."),
+    shards: int = typer.Option(1, help="Independent shard jobs (training/data/shards.py; same files as one job). "
+                                       "1 = one job; N > 1 = N fit and N build jobs, in this process unless --ray."),
+    ray_address: str | None = typer.Option(None, "--ray", metavar="local|auto|HOST:PORT",
+                                           help="Run the shard jobs as Ray tasks: 'local' starts Ray on this "
+                                                "machine, 'auto' or HOST:PORT joins a running cluster (needs the "
+                                                "cluster extra)."),
 ) -> int:
     """Build training samples (prompt, positives, top positive, N negatives) split into train and test."""
     if split_by_day and split_file is not None:
         return _fail(ValueError("--split-by-day and --split-file exclude each other; give one"))
+    if not 1 <= shards <= MAX_SHARDS:
+        return _fail(ValueError(f"--shards must be in [1, {MAX_SHARDS}], given {shards}"))
+    try:
+        address = check_address(ray_address)
+    except ValueError as exc:
+        return _fail(ValueError(f"--ray: {exc}"))
     try:
         cfg = SampleConfig(num_negatives=num_negatives, prompt=PromptConfig(max_history=max_history,
                                                                             hard_search=hard_search),
                            split="file" if split_file is not None else "day", seed=seed, batch_size=batch_size)
         split_map = read_split_file(split_file) if split_file is not None else None
-        sid_index = SidIndex.load(index)
         pool = read_catalog(catalog).item_ids if catalog is not None else None
-        total = count_sessions(sessions)
-        with _progress() as prog:
-            task = prog.add_task("building samples", total=total)
-            stats = build_samples(sessions, sid_index, out, cfg, split_map, pool,
-                                  progress=lambda n: prog.advance(task, n))
+        if ray_address is not None:
+            with console.status(f"building samples: {shards} shard jobs as Ray tasks ({ray_address})"):
+                stats = build_samples_ray(sessions, index, out, cfg, shards, address=address, split_map=split_map,
+                                          pool_item_ids=pool)
+        elif shards > 1:
+            sid_index = SidIndex.load(index)
+            with console.status(f"building samples: {shards} shard jobs in this process"):
+                stats = build_samples_sharded(sessions, sid_index, out, cfg, shards, split_map, pool)
+        else:
+            sid_index = SidIndex.load(index)
+            total = count_sessions(sessions)
+            with _progress() as prog:
+                task = prog.add_task("building samples", total=total)
+                stats = build_samples(sessions, sid_index, out, cfg, split_map, pool,
+                                      progress=lambda n: prog.advance(task, n))
+    except RayMissingError as exc:
+        return _fail(ValueError(f"--ray: {exc}"))
     except (ValueError, OSError, KeyError) as exc:  # KeyError: a session names an item the index lacks
         return _fail(exc)
     head = {k: v for k, v in stats.items() if not isinstance(v, dict)}

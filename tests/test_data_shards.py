@@ -23,10 +23,8 @@ from training.data.sim_config import SimConfig
 from training.data.simulator import simulate_to_dir
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, SidIndex]:
-    """(the simulator's single sessions file, the same sessions as a partitioned dataset, the index)."""
-    d = tmp_path_factory.mktemp("sim")
+def simulated_dataset(d: Path) -> tuple[Path, Path, SidIndex]:
+    """Simulate into ``d``: (the single sessions file, the same sessions as a partitioned dataset, the index)."""
     simulate_to_dir(SimConfig(**SMALL, seed=1), d)
     table = pq.read_table(d / "sessions.parquet")
     parts = d / "sessions_by_day"
@@ -37,6 +35,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, SidIn
             (parts / f"day={day}").mkdir(parents=True, exist_ok=True)
             pq.write_table(piece, parts / f"day={day}" / f"part-{p}.parquet")
     return d / "sessions.parquet", parts, _category_index(d / "catalog.parquet")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, SidIndex]:
+    return simulated_dataset(tmp_path_factory.mktemp("sim"))
 
 
 def _same_output(a: Path, b: Path) -> None:
