@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_ray_tasks_equal_one_job(world: tuple[Path, Path, Path], tmp_path: Path)
     import ray
 
     parts, index_dir, one = world
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         with pytest.raises(IndexFormatError, match="no-index"):
@@ -60,6 +62,7 @@ def test_ray_tasks_equal_one_job(world: tuple[Path, Path, Path], tmp_path: Path)
         assert ray.is_initialized()  # not its instance: left running
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, handler)  # ray.init's own handler would outlive it
     _same_output(one, tmp_path / "ray")
     assert stats == json.loads((one / "stats.json").read_text())
     assert not (tmp_path / "ray" / "shards").exists()
@@ -74,8 +77,9 @@ def test_samples_cli_shards_in_process_and_on_ray(world: tuple[Path, Path, Path]
     parts, index_dir, one = world
     base = ["data", "samples", "--sessions", str(parts), "--index", str(index_dir), "--batch-size", "16"]
     assert main([*base, "--out", str(tmp_path / "in-process"), "--shards", "8"]) == 0
+    handler = signal.getsignal(signal.SIGTERM)
     assert main([*base, "--out", str(tmp_path / "ray"), "--shards", "3", "--ray", "local"]) == 0
-    assert not ray.is_initialized()
+    assert not ray.is_initialized() and signal.getsignal(signal.SIGTERM) is handler  # Ray's handler not left
     _same_output(one, tmp_path / "in-process")
     _same_output(one, tmp_path / "ray")
 

@@ -19,10 +19,13 @@ Contract
   workers (default: min(N, the machine's cores)), no dashboard and no worker output copied to the driver's
   console, and shuts it down afterwards. ``address="auto"`` or ``"HOST:PORT"`` (or ``"ray://HOST:PORT"``)
   connects to a running cluster and leaves it running; a ``HOST:PORT`` where no TCP connection opens within
-  10 s raises ``ConnectionError`` (``ray.init`` alone would keep retrying). Ray 2.60 clusters use token
-  authentication by default: ``auto`` finds the token (``~/.ray/auth_token``) itself, a ``HOST:PORT`` needs
-  ``RAY_AUTH_MODE=token`` and the token in the driver's environment. If Ray is already initialised in this
-  process, that instance is used as it is and left running.
+  10 s raises ``ConnectionError`` (``ray.init`` alone would keep retrying for minutes). ``auto`` is resolved by
+  Ray (``RAY_ADDRESS``, else the cluster last started on this machine) and not checked: after a head that died
+  without ``ray stop``, Ray waits on its dead address for minutes; give ``HOST:PORT`` then. Ray 2.60 clusters
+  use token authentication by default: ``auto`` finds the token (``~/.ray/auth_token``) itself, a
+  ``HOST:PORT`` needs ``RAY_AUTH_MODE=token`` and the token in the driver's environment. If Ray is already
+  initialised in this process, that instance is used as it is and left running. The caller's SIGTERM handler
+  is put back afterwards (``ray.init`` replaces it and leaves its own).
 - What every node needs: radgr installed (the tasks call ``training.data.shards``), and the dataset, the index
   directory and the output directory at the same absolute paths (a shared filesystem); the output directory must
   be writable by every task, and the driver reads it to merge. Relative paths are made absolute on the driver.
@@ -37,7 +40,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +89,21 @@ def _quiet(logger_name: str) -> Iterator[None]:
         muted.setLevel(level)
 
 
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """The caller's SIGTERM handler put back after the block: ``ray.init`` installs its own (exit, stopping a local
+    instance) and leaves it there after ``ray.shutdown``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray sets no handler off the main thread either
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _reachable(address: str) -> None:
     """For ``HOST:PORT`` (or ``ray://HOST:PORT``): ``ConnectionError`` unless a TCP connection opens within
     :data:`CONNECT_TIMEOUT_S` (``ray.init`` would retry an address where nothing listens forever)."""
@@ -96,16 +116,24 @@ def _reachable(address: str) -> None:
         raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from exc
 
 
-def _connect(init: Callable[..., object], address: str) -> None:
-    """``ray.init(address)``; its ``ConnectionError`` says what token authentication needs when that may be why."""
-    try:
-        init(address=address, log_to_driver=False, configure_logging=False)
-    except ConnectionError as exc:
-        if address == "auto" or os.environ.get("RAY_AUTH_MODE"):
-            raise
-        # Ray 2.60 reads a cluster's token for `auto` only; with HOST:PORT it sends none unless told to
-        raise ConnectionError(f"{exc} (a cluster with token authentication, Ray's default, needs RAY_AUTH_MODE=token "
-                              "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)") from exc
+def _start(init: Callable[..., object], address: str | None, num_cpus: int) -> None:
+    """``ray.init``: a new local instance (``address`` None) or a connection to a cluster, Ray's warning muted; a
+    failed connection by ``HOST:PORT`` says what token authentication needs when that may be why."""
+    if address is not None:
+        _reachable(address)
+    with _quiet(_RAY_AUTH_LOGGER):
+        if address is None:
+            init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+            return
+        try:
+            init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            if address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+                raise
+            # Ray 2.60 reads a cluster's token for `auto` only; with HOST:PORT it sends none unless told to
+            raise ConnectionError(f"{exc} (a cluster with token authentication, Ray's default, needs "
+                                  "RAY_AUTH_MODE=token and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)") from exc
 
 
 def _fit_task(dataset: str, shard: int, num_shards: int, index_dir: str, out_dir: str, cfg: SampleConfig,
@@ -146,31 +174,24 @@ def build_samples_ray(dataset: str | os.PathLike[str], index_dir: str | os.PathL
 
     data, index, out = (str(Path(p).resolve()) for p in (dataset, index_dir, out_dir))
     started = not ray.is_initialized()
-    try:
-        if started and address is None:
-            with _quiet(_RAY_AUTH_LOGGER):
-                ray.init(address="local", num_cpus=num_cpus or min(num_shards, os.cpu_count() or 1),
-                         include_dashboard=False, log_to_driver=False, configure_logging=False)
-        elif started and address is not None:
-            _reachable(address)
-            with _quiet(_RAY_AUTH_LOGGER):
-                _connect(ray.init, address)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        split_ref = ray.put(split_map)
-        pool: Sequence[str] | None = list(pool_item_ids) if pool_item_ids is not None else None
-        pool_ref = ray.put(pool)
-        fit = ray.remote(_fit_task)
-        build = ray.remote(_build_task)
+    with _sigterm_kept():
         try:
+            if started:
+                _start(ray.init, address, num_cpus or min(num_shards, os.cpu_count() or 1))
+            Path(out).mkdir(parents=True, exist_ok=True)
+            split_ref = ray.put(split_map)
+            pool: Sequence[str] | None = list(pool_item_ids) if pool_item_ids is not None else None
+            pool_ref = ray.put(pool)
+            fit, build = ray.remote(_fit_task), ray.remote(_build_task)
             ray.get([fit.remote(data, k, num_shards, index, out, cfg, split_ref) for k in range(num_shards)])
             merge_fits(out, num_shards)
             logger.info("fitted %d shards on Ray", num_shards)
             ray.get([build.remote(data, k, num_shards, index, out, cfg, split_ref, pool_ref)
                      for k in range(num_shards)])
+            logger.info("built %d shards on Ray", num_shards)
+            return merge_shards(data, out, num_shards, cfg, keep_shards)
         except RayTaskError as exc:  # the task's own exception, without Ray's wrapper around it
             raise exc.cause from exc
-        logger.info("built %d shards on Ray", num_shards)
-        return merge_shards(data, out, num_shards, cfg, keep_shards)
-    finally:
-        if started:
-            ray.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
