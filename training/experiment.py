@@ -79,16 +79,16 @@ class ExperimentPreset:
 
 
 PRESETS: dict[str, ExperimentPreset] = {
-    # 1,000 test sessions: the paired standard error of an item R@10 difference is sd(d) / √n, and the measured
-    # per-session sd of RAD-DPO − SFT differences was 0.100 (600 Amazon test sessions; each method alone 0.33), so
-    # SE ≤ 0.005 needs n ≥ (0.100 / 0.005)² = 400; 1,000 leaves room for comparisons whose models move further
-    # (sd up to 0.158); the first lr-3e-4 runs on simulated data measured 0.24-0.36, more than that (docs/alignment.md).
-    # Every table reports the SE it reached (statistics.sizing). 21 alignment runs of 200 steps
-    # × 8 sessions, 22 evaluations at beam 128 (times: docs/alignment.md).
+    # 3,500 test sessions: the paired standard error of an item R@10 difference is sd(d) / √n. The largest per-session
+    # sd of a paired difference measured at this preset was 0.284 (DPO − SFT, simulated demo world, 1,000 sessions:
+    # SE 0.009; Amazon: 0.173), so SE ≤ 0.005 needs n ≥ (0.284 / 0.005)² = 3,236; 3,500 leaves a little room. A
+    # world needs that many test sessions (`radgr data simulate --sessions-per-day 5000`: about 3,850; the demo's
+    # has 1,500 and the limit then takes them all). Every table reports the SE it reached (statistics.sizing).
+    # 21 alignment runs of 200 steps × 8 sessions, 22 evaluations at beam 128 (times: docs/alignment.md).
     "default": ExperimentPreset(
         train=replace(default_align_train_config(), max_steps=200, batch_size=8, save_steps=250, logging_steps=10,
                       lr=3e-4),
-        eval=EvalConfig(beam_width=128, top_k=500, batch_size=8, limit=1000),
+        eval=EvalConfig(beam_width=128, top_k=500, batch_size=8, limit=3500),
         rdrw_window=512, train_limit=None,
     ),
     # CI: a few steps and a few test sessions, beam 16
