@@ -1,5 +1,5 @@
 """OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_sid_index.py [--sizes 100000,1000000] [--codebooks 256,256,256]
-[--build memory|streamed] [--out runs/bench_sid_index] [--json PATH] [--embed-titles N]
+[--build memory|streamed] [--storage float32|float16] [--out runs/bench_sid_index] [--json PATH] [--embed-titles N]
 
 Builds SID indexes for synthetic 384-d embeddings and prints, per catalog size: build time (k-means training,
 assignment, grouping + item trie; wall and CPU seconds, with the load average, since a loaded machine stretches wall
@@ -37,17 +37,19 @@ sys.path.insert(0, str(REPO))
 DIM = 384
 
 
-def make_embeddings(path: Path, n: int, seed: int = 0, chunk: int = 100_000, latent: int = 48) -> None:
+def make_embeddings(path: Path, n: int, seed: int = 0, chunk: int = 100_000, latent: int = 48,
+                    storage: str = "float32") -> None:
     """Unit-norm 384-d points like text embeddings (low effective rank, clustered): a Zipf-weighted mixture of
     2,048 Gaussians in a 48-d latent space, mapped to 384-d by a fixed random matrix, plus small isotropic noise.
-    Written to ``path`` in chunks."""
+    Written to ``path`` in chunks, as ``storage`` (float32, or float16: half the bytes)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(2048, latent)).astype(np.float32)
     spread = rng.uniform(0.3, 0.7, size=(2048, 1)).astype(np.float32)
     proj = (rng.normal(size=(latent, DIM)) / np.sqrt(latent)).astype(np.float32)
     p = 1.0 / np.arange(1, 2049) ** 0.7
     p /= p.sum()
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))  # header (sparse file)
+    code = "<f2" if storage == "float16" else "<f4"
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=code, shape=(n, DIM))  # header (sparse file)
     offset = int(header.offset)
     del header
     with open(path, "r+b") as f:  # plain writes: dirty pages of a memory map would count in this process' RSS
@@ -58,7 +60,7 @@ def make_embeddings(path: Path, n: int, seed: int = 0, chunk: int = 100_000, lat
             z = centres[c] + spread[c] * rng.normal(size=(m, latent)).astype(np.float32)
             x = z @ proj + 0.05 * rng.normal(size=(m, DIM)).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            f.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+            f.write(np.ascontiguousarray(x, dtype=code).tobytes())
 
 
 class AnonPeak:
@@ -115,7 +117,12 @@ def child_gathers_reference(indptr: np.ndarray, codes: np.ndarray, nodes: np.nda
     return mask
 
 
-def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "memory") -> dict[str, Any]:
+def emb_file(out: Path, n: int, storage: str) -> Path:
+    return out / (f"emb_{n}.npy" if storage == "float32" else f"emb_{n}_{storage}.npy")
+
+
+def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "memory",
+            storage: str = "float32") -> dict[str, Any]:
     """Build one index (in this process) and measure it; returns the result row."""
     from sid_index.build import IndexConfig, build_index, index_stats
     from sid_index.catalog import Catalog
@@ -124,7 +131,7 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "me
     from sid_index.rqkmeans import RQKMeansConfig
     from sid_index.stream_build import build_index_streamed
 
-    emb_path = out / f"emb_{n}.npy"  # made by the parent in another process, so its memory is not counted here
+    emb_path = emb_file(out, n, storage)  # made by the parent in another process: its memory is not counted here
     sampler = AnonPeak()
     sampler.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -181,7 +188,8 @@ def run_one(n: int, codebooks: tuple[int, int, int], out: Path, build: str = "me
         "items": n, "codebook_sizes": list(codebooks), "unique_sids": stats["unique_sids"],
         "collision_rate": stats["collision_rate"], "largest_group": stats["largest_group"],
         "utilization": [lv["utilization"] for lv in stats["levels"]],
-        "build": build, "build_s": t_build, "build_cpu_s": cpu_build, "save_s": t_save, "load_s": t_load,
+        "build": build, "storage": storage, "build_s": t_build, "build_cpu_s": cpu_build, "save_s": t_save,
+        "load_s": t_load,
         "loadavg_1min_at_end": os.getloadavg()[0],
         "peak_rss_mib": peak_rss_mib, "peak_anon_mib": peak_anon_mib, "rss_before_build_mib": rss_before,
         "embeddings_file_mib": emb_path.stat().st_size / 2**20,
@@ -265,6 +273,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sid_index")
     ap.add_argument("--build", choices=("memory", "streamed"), default="memory",
                     help="memory: memory-mapped embeddings, build_index; streamed: build_index_streamed")
+    ap.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                    help="dtype of the embeddings file (float16: half the bytes to read)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result rows to this JSON file")
     ap.add_argument("--embed-titles", type=int, default=None,
                     help="time MiniLM fp32 vs bf16 on this many synthetic titles instead of building indexes")
@@ -272,7 +282,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.gen is not None:
-        make_embeddings(args.out, args.gen)
+        make_embeddings(args.out, args.gen, storage=args.storage)
         return
     from sid_index.index_files import check_codebook_sizes
 
@@ -280,7 +290,7 @@ def main() -> None:
     if args.gen is None:
         args.out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, cb, args.out, args.build)))
+        print(json.dumps(run_one(args.one, cb, args.out, args.build, args.storage)))
         return
     if args.embed_titles is not None:
         result = embed_speed(args.embed_titles, cb)
@@ -291,14 +301,15 @@ def main() -> None:
         return
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        emb_path = args.out / f"emb_{n}.npy"
+        emb_path = emb_file(args.out, n, args.storage)
         if not emb_path.exists():
             tmp = args.out / f".emb_{n}.tmp.npy"
-            subprocess.run([sys.executable, __file__, "--gen", str(n), "--out", str(tmp)], check=True)
+            subprocess.run([sys.executable, __file__, "--gen", str(n), "--out", str(tmp), "--storage", args.storage],
+                           check=True)
             tmp.replace(emb_path)
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--codebooks", args.codebooks,
-                               "--out", str(args.out), "--build", args.build], check=True, capture_output=True,
-                              text=True)
+                               "--out", str(args.out), "--build", args.build, "--storage", args.storage], check=True,
+                              capture_output=True, text=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{r['items']:>9,} items  {r['unique_sids']:>9,} SIDs  {r['build']} build {r['build_s']:7.1f} s "

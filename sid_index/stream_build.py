@@ -2,19 +2,20 @@
 
 Contract:
 
-- :class:`NpyRows` reads rows of a 2-D C-order float ``.npy`` file with positioned reads (``os.pread``) into fresh
+- :class:`NpyRows` reads rows of a 2-D C-order float ``.npy`` file (float32, or float16: half the bytes to read,
+  11 significant bits, more than the bf16 encoder computes with) with positioned reads (``os.pread``) into fresh
   float32 arrays: :meth:`NpyRows.read` a contiguous block, :meth:`NpyRows.take` sorted scattered rows. Unlike a
   memory map, the pages read never count towards the process' resident memory (they stay in the page cache).
 - :func:`build_index_streamed` ``(embeddings_path, item_ids, popularity, categories, cfg, out_dir)``: reads the
   training sample (the same seeded rows :func:`~sid_index.rqkmeans.train_codebooks` uses), fits the codebooks on
   it, then reads the file ``chunk_rows`` rows at a time, checks them (NaN/inf names the row and item id) and assigns
-  their codes (int32 ``[n, 3]`` kept in memory), groups the codes into a :class:`~sid_index.index.SidIndex` and
-  writes it to ``out_dir`` unless that is ``None`` (``save``: atomic; item ids compressed in chunks), with a
-  progress bar. Same SIDs as
+  their codes (int32 ``[n, 3]`` kept in memory; the next chunk is read on a thread while this one is assigned),
+  groups the codes into a :class:`~sid_index.index.SidIndex` and writes it to ``out_dir`` unless that is ``None``
+  (``save``: atomic; item ids compressed in chunks), with a progress bar. Same SIDs as
   :func:`~sid_index.build.build_index` on the same embeddings, config and seed (a test checks it).
-- Memory: the sample, one chunk, the codes and the per-item metadata the index holds (ids, popularity,
-  categories, grouping arrays: about 100 bytes per item at 10M items), never the ``[n, d]`` embeddings.
-  ``cfg.unique_sids`` (collision resolution over all embeddings) is not available here.
+- Memory: the sample, two chunks (the one assigned and the one read ahead), the codes and the per-item metadata
+  the index holds (ids, popularity, categories, grouping arrays: about 100 bytes per item at 10M items), never the
+  ``[n, d]`` embeddings. ``cfg.unique_sids`` (collision resolution over all embeddings) is not available here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +137,23 @@ def build_index_streamed(
         codebooks = fit_codebooks(sample, cfg.rq, total_rows=n)
         del sample
         codes = np.empty((n, 3), dtype=np.int32)
-        with Progress(disable=not show_progress, transient=True) as progress:
+        starts = list(range(0, n, chunk_rows))
+        # read-ahead: the next chunk is read (os.pread, without the GIL) while this one is assigned (faiss, without
+        # the GIL), so a disk-bound build costs max(read, assign) per chunk instead of their sum; two chunks in memory
+        with Progress(disable=not show_progress, transient=True) as progress, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="radgr-read-ahead") as reader:
             task = progress.add_task("assigning SID codes", total=n)
-            for lo in range(0, n, chunk_rows):
+            pending = reader.submit(src.read, 0, min(n, chunk_rows)) if starts else None
+            for k, lo in enumerate(starts):
                 hi = min(n, lo + chunk_rows)
-                block = src.read(lo, hi)
+                assert pending is not None
+                block = pending.result()
+                if k + 1 < len(starts):
+                    nxt = starts[k + 1]
+                    pending = reader.submit(src.read, nxt, min(n, nxt + chunk_rows))
                 _check_rows(block, np.arange(lo, hi), item_ids)
                 codes[lo:hi] = assign_codes(block, codebooks, batch_size=cfg.rq.assign_batch_size)
+                del block
                 progress.advance(task, hi - lo)
     config = {"index": cfg.to_dict(), "embedding_dim": d, "streamed": True, **(provenance or {})}
     index = SidIndex.from_codes(item_ids, codes, popularity, categories, cfg.codebook_sizes, config=config)

@@ -43,6 +43,25 @@ def test_streamed_build_gives_the_in_memory_sids(tmp_path: Path) -> None:
     assert ref.num_sids > 100  # a real grouping, not everything in a few SIDs
 
 
+def test_a_float16_file_gives_the_sids_of_its_values_in_float32(tmp_path: Path) -> None:
+    """Half the bytes to read: the streamed build of a float16 file equals the in-memory build of the same values
+    widened to float32 (chunks of 512 rows: several read-aheads, the last chunk short)."""
+    n = 2100
+    x16 = (_mixture(n, 16, seed=7) / 8).astype(np.float16)
+    np.save(tmp_path / "emb16.npy", x16)
+    ids = [f"i{i}" for i in range(n)]
+    pop = np.ones(n)
+    cfg = IndexConfig(RQKMeansConfig(codebook_sizes=(16, 8, 8), seed=1, train_points_per_centroid=64))
+    cats = ["c"] * n
+    ref = build_index(Catalog(ids, ids, [""] * n, cats, pop), x16.astype(np.float32), cfg)
+    got = build_index_streamed(tmp_path / "emb16.npy", ids, pop, cats, cfg, None, chunk_rows=512,
+                               show_progress=False)
+    np.testing.assert_array_equal(got.sid_codes, ref.sid_codes)
+    np.testing.assert_array_equal(got.sid_item_rows, ref.sid_item_rows)
+    with NpyRows(tmp_path / "emb16.npy") as src:
+        assert src.dtype == np.float16 and src.read(5, 9).dtype == np.float32
+
+
 def test_npy_rows_reads_blocks_and_scattered_rows(tmp_path: Path) -> None:
     x = np.arange(60, dtype=np.float64).reshape(20, 3)
     np.save(tmp_path / "x.npy", x)
