@@ -84,6 +84,7 @@ def test_paper_table_tiny_end_to_end(tiny_world: tuple[Path, Path, Path], tmp_pa
     ci = doc["statistics"]["intervals"]["rad-dpo"]["R@10"]
     assert ci["lo"] <= doc["aggregate"]["rad-dpo"]["R@10"][0] <= ci["hi"]
     assert "per_session" not in doc["runs"]["dpo"][0]["metrics"] and doc["run_info"]["threads"]["torch"] >= 1
+    assert doc["run_info"]["seed"] == "one per aligned run: 0, 1"
     assert (out / "paper_table.png").stat().st_size > 1000
     seeds = {e["seed"] for e in doc["runs"]["dpo"]}
     assert seeds == {0, 1}

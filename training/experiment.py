@@ -186,7 +186,8 @@ def _write_outputs(cfg: ExperimentConfig, settings: dict[str, Any], eval_cfg: Ev
            "eval": asdict(eval_cfg), "test_sessions": n_targets, "aggregate": agg,
            "aggregate_truth": aggregate(runs, truth=True), "statistics": stats,
            "diagnostics": mean_diagnostics(diagnostics), "checks": shape_checks(agg, stats["paired"]),
-           "runs": {v: [strip_sessions(e) for e in es] for v, es in runs.items()}, "run_info": run_info(None),
+           "runs": {v: [strip_sessions(e) for e in es] for v, es in runs.items()},
+           "run_info": {**run_info(None), "seed": f"one per aligned run: {', '.join(map(str, range(cfg.seeds)))}"},
            "wall_seconds": wall, "runs_done": done, "runs_total": total}
     return write_table_files(cfg.out_dir, doc, done, total)
 
