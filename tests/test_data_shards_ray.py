@@ -9,15 +9,14 @@ installs it there.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import signal
 import socket
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_extra
 from test_data_shards import _same_output, simulated_dataset
 
 from cli.main import main
@@ -29,11 +28,7 @@ CFG = SampleConfig(batch_size=16)
 
 
 def _require_ray() -> None:
-    """Skip where Ray is not installed, except in CI, where its absence fails the test."""
-    if importlib.util.find_spec("ray") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Ray must be installed in CI (scripts/setup.sh installs radgr[cluster])")
-        pytest.skip("Ray is not installed (pip install -e '.[cluster]')")
+    require_extra("ray", "cluster")
 
 
 @pytest.fixture(scope="module")

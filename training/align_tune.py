@@ -90,8 +90,6 @@ def validation_samples(samples_dir: Path, out_dir: Path) -> Path:
     from training.sft_schedule import SftSchedule, split_validation
 
     target = out_dir / "val_samples"
-    if (target / "train.parquet").is_file() and (target / "test.parquet").is_file():
-        return target
     train, val = split_validation(read_samples(samples_dir / "train.parquet"), SftSchedule(), 0)
     if not val:
         raise ValueError(f"{samples_dir / 'train.parquet'} is too small to hold out validation sessions")
@@ -221,8 +219,3 @@ def run_tune(cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> 
     _plot(doc, paths["png"])
     return paths
 
-
-def tuned_for(variant_method: str, tuned: dict[str, Any]) -> dict[str, float] | None:
-    """The chosen overrides of a method in a ``tune.json`` (its ``chosen`` block), or None when it was not tuned."""
-    entry = tuned.get("chosen", {}).get(variant_method)
-    return None if entry is None else dict(entry["overrides"])
