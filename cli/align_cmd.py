@@ -49,6 +49,11 @@ def align_command(
     no_tlgd: bool = typer.Option(False, "--no-tlgd", help="RAD-DPO ablation: no token-level gradient detachment."),
     no_rdrw: bool = typer.Option(False, "--no-rdrw", help="RAD-DPO ablation: no dynamic reward weighting (w = 1)."),
     no_ml_sft: bool = typer.Option(False, "--no-ml-sft", help="RAD-DPO ablation: SFT term on y* only."),
+    beta: float | None = typer.Option(None, "--beta",
+                                      help="Loss β of dpo, simpo or rad-dpo (default: the method's, "
+                                           "docs/alignment.md)."),
+    gamma: float | None = typer.Option(None, "--gamma", help="Reward margin γ of simpo or rad-dpo."),
+    orpo_lambda: float | None = typer.Option(None, "--orpo-lambda", help="ORPO's odds-ratio weight λ."),
     epochs: float = typer.Option(1.0, "--epochs"),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (-1: use --epochs)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sessions per micro-batch (baselines: their pairs)."),
@@ -66,7 +71,7 @@ def align_command(
 ) -> int:
     """Preference alignment from an SFT checkpoint."""
     from training.align import AlignConfig, run_align
-    from training.losses import RadDpoConfig
+    from training.losses import loss_configs
     from training.model import read_train_info
     from training.rdrw import RdrwConfig
     from training.rdrw_detector import RDRW_AUC_PLOT_FILE
@@ -75,11 +80,13 @@ def align_command(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        losses = loss_configs(method, beta=beta, gamma=gamma, orpo_lambda=orpo_lambda,
+                              rad_switches={"tlgd": not no_tlgd, "rdrw": not no_rdrw, "ml_sft": not no_ml_sft})
         cfg = AlignConfig(
             method=method, sft_dir=sft, samples_dir=samples, out_dir=out,
             train=TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                               save_steps=save_steps, logging_steps=logging_steps, seed=seed),
-            rad=RadDpoConfig(tlgd=not no_tlgd, rdrw=not no_rdrw, ml_sft=not no_ml_sft),
+            dpo=losses["dpo"], simpo=losses["simpo"], orpo=losses["orpo"], rad=losses["rad"],
             rdrw=RdrwConfig(window=rdrw_window, hidden_layer=rdrw_layer), resume=resume, limit=limit,
         )
         final = run_align(cfg)

@@ -58,7 +58,7 @@ def sft_command(
     samples: Path = typer.Option(..., "--samples", help="Samples directory (radgr data samples): train.parquet."),
     index: Path = typer.Option(..., "--index", help="SID index directory (radgr index build)."),
     out: Path = typer.Option(..., "--out", help="Run directory: final/, checkpoints/, train_log.json, loss.png."),
-    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, 0.6b, 1.7b (ignored with --model)."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, small, 0.6b, 1.7b (ignored with --model)."),
     model: Path | None = typer.Option(None, "--model", help="A local Hugging Face causal-LM directory instead."),
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog whose titles also train the tokenizer."),
     epochs: float = typer.Option(_D.epochs, "--epochs", help="Lower bound of the budget in epochs."),

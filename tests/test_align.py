@@ -192,3 +192,9 @@ def test_cli_train_align(sft_checkpoint: SftRun, tmp_path: Path) -> None:
     info = json.loads((tmp_path / "layer1" / "final" / "radgr_train.json").read_text())
     assert info["loss_config"]["rdrw"]["hidden_layer"] == 1 and info["rdrw_auc"]["pairs"] == 12
     assert main([*base, "--method", "dpo", "--no-rdrw"]) == 2
+    # the loss knobs the tune chooses (radgr experiment tune) can be given on the command line
+    assert main([*base[:-1], str(tmp_path / "gamma"), "--method", "rad-dpo", "--gamma", "0.3", "--beta", "2.5",
+                 "--max-steps", "1", "--batch-size", "4", "--rdrw-window", "8"]) == 0
+    info = json.loads((tmp_path / "gamma" / "final" / "radgr_train.json").read_text())
+    assert (info["loss_config"]["beta"], info["loss_config"]["gamma"]) == (2.5, 0.3)
+    assert main([*base, "--method", "dpo", "--gamma", "0.3"]) == 2

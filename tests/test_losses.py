@@ -212,3 +212,19 @@ def test_same_sid_negative_is_skipped_and_empty_rows_are_zero() -> None:
 def test_config_validation_names_field(cls: type, kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         cls(**kwargs)
+
+
+def test_loss_configs_set_only_the_methods_knobs() -> None:
+    from training.losses import DpoConfig, OrpoConfig, RadDpoConfig, SimpoConfig, loss_configs
+
+    out = loss_configs("rad-dpo", beta=2.5, gamma=0.3, rad_switches={"tlgd": False})
+    assert out["rad"] == RadDpoConfig(beta=2.5, gamma=0.3, tlgd=False)
+    assert (out["dpo"], out["simpo"], out["orpo"]) == (DpoConfig(), SimpoConfig(), OrpoConfig())
+    assert loss_configs("orpo", orpo_lambda=0.5)["orpo"] == OrpoConfig(lam=0.5)
+    assert loss_configs("dpo")["dpo"] == DpoConfig()
+    with pytest.raises(ValueError, match="gamma is not a knob of dpo"):
+        loss_configs("dpo", gamma=0.3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        loss_configs("ppo")
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        loss_configs("simpo", gamma=-1.0)

@@ -41,6 +41,15 @@ def test_tiny_preset_is_a_few_million_parameters_and_seeded() -> None:
     assert out.logits.shape == (1, 3, 3000)
 
 
+def test_small_preset_is_between_tiny_and_the_gpu_presets() -> None:
+    """small: the CPU preset for real data (README, Amazon in MiniOneRec's protocol): about 5x tiny's parameters."""
+    tiny, small = build_model("tiny", vocab_size=3000), build_model("small", vocab_size=3000, seed=3)
+    assert 4 * num_parameters(tiny) <= num_parameters(small) <= 10_000_000
+    assert (small.config.hidden_size, small.config.num_hidden_layers) == (256, 6)
+    out = small(input_ids=torch.tensor([[5, 6, 7]]))
+    assert out.logits.shape == (1, 3, 3000)
+
+
 @pytest.mark.parametrize(("preset", "hidden", "inter", "layers"), [("0.6b", 1024, 3072, 28), ("1.7b", 2048, 6144, 28)])
 def test_qwen3_public_shapes(preset: str, hidden: int, inter: int, layers: int) -> None:
     """The GPU presets match the public Qwen3-0.6B / Qwen3-1.7B config.json shapes (config only, no weights)."""
@@ -56,7 +65,7 @@ def test_bad_preset_and_vocab() -> None:
         build_model("huge", 100)
     with pytest.raises(ValueError, match="vocab_size must be >= 1"):
         preset_config("tiny", 0)
-    assert set(PRESETS) == {"tiny", "0.6b", "1.7b"}
+    assert set(PRESETS) == {"tiny", "small", "0.6b", "1.7b"}
 
 
 def test_generation_config_pins_every_decoding_parameter() -> None:

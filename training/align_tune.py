@@ -105,14 +105,13 @@ def validation_samples(samples_dir: Path, out_dir: Path) -> Path:
 def _align_config(cfg: TuneConfig, trial: Trial, samples: Path, run_dir: Path) -> Any:
     from training.align import AlignConfig
     from training.experiment import PRESETS
-    from training.losses import DpoConfig, OrpoConfig, RadDpoConfig, SimpoConfig
+    from training.losses import loss_configs
     from training.rdrw import RdrwConfig
 
     preset = PRESETS["default"]
     train = replace(preset.train, lr=trial.lr, max_steps=trial.steps, seed=0, save_steps=max(trial.steps, 1))
-    losses: dict[str, Any] = {"dpo": DpoConfig(), "simpo": SimpoConfig(), "orpo": OrpoConfig(), "rad": RadDpoConfig()}
-    key = "rad" if trial.method == "rad-dpo" else trial.method
-    losses[key] = replace(losses[key], **trial.loss)
+    losses = loss_configs(trial.method, beta=trial.loss.get("beta"), gamma=trial.loss.get("gamma"),
+                          orpo_lambda=trial.loss.get("lam"))
     return AlignConfig(method=trial.method, sft_dir=cfg.sft_dir, samples_dir=samples, out_dir=run_dir, train=train,
                        dpo=losses["dpo"], simpo=losses["simpo"], orpo=losses["orpo"], rad=losses["rad"],
                        rdrw=RdrwConfig(window=preset.rdrw_window), limit=cfg.train_limit)

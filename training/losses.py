@@ -18,7 +18,8 @@ Contract
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,30 @@ class RadDpoConfig:
         if self.lambda_sft < 0 or self.lambda_pref < 0:
             raise ValueError(f"RadDpoConfig.lambda_sft and lambda_pref must be >= 0, "
                              f"given {self.lambda_sft}, {self.lambda_pref}")
+
+
+LOSS_KNOBS: dict[str, tuple[str, ...]] = {"dpo": ("beta",), "simpo": ("beta", "gamma"), "orpo": ("orpo_lambda",),
+                                          "rad-dpo": ("beta", "gamma")}
+
+
+def loss_configs(method: str, *, beta: float | None = None, gamma: float | None = None,
+                 orpo_lambda: float | None = None, rad_switches: dict[str, bool] | None = None) -> dict[str, Any]:
+    """``{"dpo", "simpo", "orpo", "rad"}`` configs with ``method``'s knobs set where given (None: the default).
+
+    A knob the method does not have (e.g. ``gamma`` for dpo) raises, naming the knob and the method.
+    """
+    if method not in LOSS_KNOBS:
+        raise ValueError(f"method must be one of {', '.join(LOSS_KNOBS)}, given {method!r}")
+    given = {"beta": beta, "gamma": gamma, "orpo_lambda": orpo_lambda}
+    stray = [k for k, v in given.items() if v is not None and k not in LOSS_KNOBS[method]]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} is not a knob of {method} (it has {', '.join(LOSS_KNOBS[method])})")
+    knobs = {("lam" if k == "orpo_lambda" else k): v for k, v in given.items() if v is not None}
+    out: dict[str, Any] = {"dpo": DpoConfig(), "simpo": SimpoConfig(), "orpo": OrpoConfig(),
+                           "rad": RadDpoConfig(**(rad_switches or {}))}
+    key = "rad" if method == "rad-dpo" else method
+    out[key] = replace(out[key], **knobs)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- helpers
