@@ -2,8 +2,8 @@
 
     radgr train sft --samples DIR --index DIR --out RUN_DIR [--preset tiny | --model PATH] [--catalog PATH]
                     [--epochs 1 --min-steps 600 --max-epochs 30 --val-fraction 0.05 --patience 4 --eval-every 0
-                     --lr 3e-3 --batch-size 64 --grad-accum 1 --save-steps 200 --max-steps -1 --seed 0 --resume
-                     --limit N]
+                     --restore-best|--keep-last --lr 3e-3 --batch-size 64 --grad-accum 1 --save-steps 200
+                     --max-steps -1 --seed 0 --resume --limit N]
     radgr eval --model RUN_DIR/final --index DIR --samples DIR [--against OTHER/final] [--baseline popularity]
                [--beam-width 128 --top-k 500 --batch-size 8 --limit N --no-hallucination --out eval.json]
 
@@ -51,6 +51,7 @@ class _D:
     val_fraction = 0.05
     patience = 4
     eval_every = 0
+    restore_best = True
 
 
 
@@ -58,7 +59,8 @@ def sft_command(
     samples: Path = typer.Option(..., "--samples", help="Samples directory (radgr data samples): train.parquet."),
     index: Path = typer.Option(..., "--index", help="SID index directory (radgr index build)."),
     out: Path = typer.Option(..., "--out", help="Run directory: final/, checkpoints/, train_log.json, loss.png."),
-    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny, small, 0.6b, 1.7b (ignored with --model)."),
+    preset: str = typer.Option("tiny", "--preset",
+                               help="Model preset: tiny, small, 0.6b, 1.7b (ignored with --model)."),
     model: Path | None = typer.Option(None, "--model", help="A local Hugging Face causal-LM directory instead."),
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog whose titles also train the tokenizer."),
     epochs: float = typer.Option(_D.epochs, "--epochs", help="Lower bound of the budget in epochs."),
@@ -69,6 +71,9 @@ def sft_command(
                                        help="Share of training sessions held out for validation loss (0: none)."),
     patience: int = typer.Option(_D.patience, "--patience",
                                  help="Stop after N validations without a new best (0: never early)."),
+    restore_best: bool = typer.Option(_D.restore_best, "--restore-best/--keep-last",
+                                      help="Final model: the best validation evaluation's weights, or the last "
+                                           "step's."),
     eval_every: int = typer.Option(_D.eval_every, "--eval-every",
                                    help="Validation every N steps (0: planned steps / 20, in 10..200)."),
     lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (cosine schedule, 5% warm-up)."),
@@ -97,7 +102,7 @@ def sft_command(
                               save_steps=save_steps, logging_steps=logging_steps, seed=seed),
             resume=resume, tokenizer_vocab_size=tokenizer_vocab, limit=limit,
             schedule=SftSchedule(min_steps=min_steps, max_epochs=max_epochs, val_fraction=val_fraction,
-                                 patience=patience, eval_every=eval_every),
+                                 patience=patience, eval_every=eval_every, restore_best=restore_best),
         )
         final = run_sft(cfg)
     except (ValueError, OSError) as exc:
@@ -114,6 +119,9 @@ def sft_command(
     sched = info.get("schedule", {})
     t.add_row("planned steps", f"{sched.get('planned_steps')} ({sched.get('rule')})")
     t.add_row("stopped early", f"{sched.get('stopped_early')} (best validation loss at step {sched.get('best_step')})")
+    restored = sched.get("restored_best_step")
+    t.add_row("final weights", f"step {restored} (best validation)" if restored is not None
+              else f"step {info.get('steps')} (last)")
     t.add_row("parameters", str(info.get("model", {}).get("parameters")))
     console.print(t)
     console.print(f"log: {out / TRAIN_LOG_FILE}  loss curve: {out / LOSS_PLOT_FILE}  "

@@ -130,6 +130,26 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
         assert torch.equal(p, q)
 
 
+def test_final_model_is_rolled_back_to_the_best_validation(tmp_path: Path) -> None:
+    """A learning rate far too high makes validation loss rise after the first steps: ``--restore-best`` (the
+    default) saves the best evaluation's weights as ``final``, ``--keep-last`` the last step's."""
+    world = make_world(tmp_path, train_sessions=200, test_sessions=2)
+    args = ["train", "sft", "--samples", str(world["samples"]), "--index", str(world["index"]), "--max-steps", "8",
+            "--eval-every", "1", "--patience", "0", "--lr", "0.3", "--batch-size", "16", "--save-steps", "8",
+            "--tokenizer-vocab", "300"]
+    assert main([*args, "--out", str(tmp_path / "best")]) == 0
+    assert main([*args, "--out", str(tmp_path / "last"), "--keep-last"]) == 0
+    best, last = read_train_info(tmp_path / "best" / "final"), read_train_info(tmp_path / "last" / "final")
+    sched = best["schedule"]
+    assert sched["best_step"] < 8 and sched["restored_best_step"] == sched["best_step"]
+    assert best["val_loss"] == sched["best_val_loss"] < sched["last_val_loss"] == last["val_loss"]
+    assert last["schedule"]["restored_best_step"] is None
+    weights = [load_model(tmp_path / r / "final") for r in ("best", "last")]
+    at_8 = load_model(tmp_path / "last" / "checkpoints" / "checkpoint-8")
+    assert all(torch.equal(p, q) for p, q in zip(weights[1].parameters(), at_8.parameters(), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(weights[0].parameters(), at_8.parameters(), strict=True))
+
+
 def test_sft_command_reports_bad_input(tmp_path: Path) -> None:
     world = make_world(tmp_path, train_sessions=4, test_sessions=1)
     rc = main(["train", "sft", "--samples", str(world["samples"]), "--index", str(world["index"]),
@@ -179,5 +199,5 @@ def test_cli_defaults_match_the_library_defaults() -> None:
         assert getattr(_D, name) == getattr(SFT_TRAIN_DEFAULTS, name), name
     from training.sft import SFT_SCHEDULE_DEFAULTS
 
-    for name in ("min_steps", "max_epochs", "val_fraction", "patience", "eval_every"):
+    for name in ("min_steps", "max_epochs", "val_fraction", "patience", "eval_every", "restore_best"):
         assert getattr(_D, name) == getattr(SFT_SCHEDULE_DEFAULTS, name), name

@@ -17,9 +17,11 @@ from transformers import TrainerControl, TrainerState
 from cli.main import main
 from training.model import read_train_info
 from training.sft_schedule import (
+    BEST_WEIGHTS_FILE,
     SftSchedule,
     ValidationCallback,
     early_stop_status,
+    load_best_weights,
     planned_steps,
     split_validation,
 )
@@ -76,22 +78,31 @@ class _Const(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
 
 
-def test_validation_callback_logs_and_stops() -> None:
-    """Validation losses 1.0, 0.8, 0.9, 0.95 (a fake loss per call): with patience 2 it stops after the 4th."""
+def test_validation_callback_logs_and_stops(tmp_path: Path) -> None:
+    """Validation losses 1.0, 0.8, 0.9, 0.95 (a fake loss per call): with patience 2 it stops after the 4th; the
+    weights of each new best (steps 5 and 10) are kept on disk, and the best ones are what loads back."""
     values = iter([1.0, 0.8, 0.9, 0.95])
     batch = {"num_units": 2, "x": torch.zeros(2)}
+    best = tmp_path / BEST_WEIGHTS_FILE
     cb = ValidationCallback([batch], lambda m, b: torch.tensor(2.0 * next(values), dtype=torch.float64), interval=5,
-                            schedule=SftSchedule(patience=2))
+                            schedule=SftSchedule(patience=2), best_path=best)
     state, control = TrainerState(), TrainerControl()
     state.max_steps = 100
     args: Any = SimpleNamespace()
+    model = _Const()
     for step in range(1, 21):
         state.global_step = step
-        cb.on_step_end(args, state, control, model=_Const())
+        with torch.no_grad():
+            model.w.fill_(float(step))  # the weights say which step they are from
+        cb.on_step_end(args, state, control, model=model)
         if control.should_training_stop:
             break
     assert state.global_step == 20 and cb.stopped_early
     assert [(r["step"], r["eval_loss"]) for r in state.log_history] == [(5, 1.0), (10, 0.8), (15, 0.9), (20, 0.95)]
+    assert float(model.w.detach()) == 20.0
+    assert load_best_weights(model, best, best_step=15) is None and float(model.w.detach()) == 20.0  # not that step
+    assert load_best_weights(model, best, best_step=10) == 10 and float(model.w.detach()) == 10.0
+    assert load_best_weights(model, tmp_path / "missing.safetensors", best_step=10) is None
 
 
 def _small_sim_world(root: Path) -> dict[str, Path]:

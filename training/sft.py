@@ -42,10 +42,12 @@ from training.logprobs import target_log_probs
 from training.packing import CANDIDATE_LEN
 from training.prompt_ids import PromptIds, check_prompt_version
 from training.sft_schedule import (
+    BEST_WEIGHTS_FILE,
     SCHEDULE_PLOT_FILE,
     SftSchedule,
     ValidationCallback,
     early_stop_status,
+    load_best_weights,
     planned_steps,
     split_validation,
     write_schedule_plot,
@@ -271,8 +273,11 @@ def run_sft(cfg: SftConfig) -> Path:
     val_examples = encode_sft_examples(val_pairs, tokenizer, vocab, max_length=max_len)
     val_batches = [collator(val_examples[i : i + cfg.train.batch_size])
                    for i in range(0, len(val_examples), cfg.train.batch_size)]
+    keep_best = cfg.schedule.restore_best and os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true")
+    best_path = cfg.out_dir / BEST_WEIGHTS_FILE
     validation = ValidationCallback(val_batches, lambda m, b: sft_loss_sum(candidate_log_probs(m, b)),
-                                    cfg.schedule.eval_interval(plan["steps"]), cfg.schedule)
+                                    cfg.schedule.eval_interval(plan["steps"]), cfg.schedule,
+                                    best_path=best_path if keep_best else None)
     trainer = SftTrainer(
         model=model, args=training_arguments(train_cfg, cfg.out_dir), train_dataset=ListDataset(examples),
         data_collator=collator, callbacks=[*run_callbacks(cfg.out_dir), validation],
@@ -283,11 +288,19 @@ def run_sft(cfg: SftConfig) -> Path:
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
         status = early_stop_status(history, cfg.schedule.patience, cfg.schedule.min_delta)
-        evals = [r["eval_loss"] for r in history if "eval_loss" in r]
+        evals = [(int(r["step"]), float(r["eval_loss"])) for r in history if "eval_loss" in r]
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        restored = (load_best_weights(unwrapped, best_path, status["best_step"])
+                    if keep_best and status["best_step"] != int(trainer.state.global_step) else None)
+        final_val = (status["best"] if restored is not None else evals[-1][1]) if evals else None
+        if restored is not None:
+            logger.info("final model: the best validation evaluation's weights (step %d, loss %.4f), not step %d's",
+                        restored, status["best"], trainer.state.global_step)
         schedule = {**plan, "planned_steps": plan["steps"], "steps": int(trainer.state.global_step),
                     "stopped_early": validation.stopped_early, "eval_every": validation.interval,
                     "best_val_loss": status["best"], "best_step": status["best_step"],
-                    "final_val_loss": float(evals[-1]) if evals else None,
+                    "restored_best_step": restored, "last_val_loss": evals[-1][1] if evals else None,
+                    "final_val_loss": final_val,
                     "val_sessions": val_pairs.num_sessions, "val_pairs": len(val_examples),
                     "settings": asdict(cfg.schedule)}
         write_schedule_plot(history, schedule, cfg.out_dir / SCHEDULE_PLOT_FILE)
@@ -309,6 +322,6 @@ def run_sft(cfg: SftConfig) -> Path:
             "resumed_from": resumed_from,
             "wall_seconds": time.time() - t0,
         }
-        save_model_dir(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final, info)
+        save_model_dir(unwrapped, tokenizer, final, info)
     trainer.accelerator.wait_for_everyone()
     return final

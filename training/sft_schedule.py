@@ -13,8 +13,11 @@ Contract (docs/training.md, "How long SFT trains"):
   ``{"step", "epoch", "eval_loss"}`` to Trainer's ``log_history`` (so ``train_log.json`` and ``loss.png`` show it)
   and stops training when the last ``patience`` evaluations brought no new best (by more than ``min_delta``).
   It keeps no state of its own: the best and the count are recomputed from ``log_history``, which checkpoints
-  restore, so a resumed run stops where an uninterrupted one would. The final model is the one at the stopping
-  step (not rolled back to the best evaluation: at most ``patience × eval_every`` steps later).
+  restore, so a resumed run stops where an uninterrupted one would.
+- ``restore_best`` (default on): at each new best, rank 0 writes the weights to ``RUN_DIR/best_model.safetensors``
+  (atomically, the step in its metadata; on disk, so ``--resume`` keeps it), and ``training.sft`` rolls the final
+  model back to them when the best evaluation came before the last step (:func:`load_best_weights`; not under
+  FSDP, whose modules hold shards). Off: the final model is the one at the stopping step.
 - ``write_schedule_plot`` draws train and validation loss with the planned, best and stopping steps marked.
 """
 
@@ -34,6 +37,7 @@ from sid_index.atomic_files import save_figure_atomic
 
 EVAL_KEY = "eval_loss"
 SCHEDULE_PLOT_FILE = "schedule.png"
+BEST_WEIGHTS_FILE = "best_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class SftSchedule:
     eval_every: int = 0  # 0: clamp(planned / 20, 10, 200)
     patience: int = 4  # evaluations without a new best before stopping; 0: never stop early
     min_delta: float = 1e-3
+    restore_best: bool = True  # final model = the best validation evaluation's weights
 
     def __post_init__(self) -> None:
         if self.min_steps < 0:
@@ -126,11 +131,12 @@ class ValidationCallback(TrainerCallback):
     """
 
     def __init__(self, batches: Sequence[dict[str, Any]], loss_sum: Callable[[torch.nn.Module, dict[str, Any]],
-                 torch.Tensor], interval: int, schedule: SftSchedule) -> None:
+                 torch.Tensor], interval: int, schedule: SftSchedule, best_path: Path | None = None) -> None:
         self.batches = list(batches)
         self.loss_sum = loss_sum
         self.interval = int(interval)
         self.schedule = schedule
+        self.best_path = best_path  # where a new best's weights go (rank 0; None: not kept)
         self.stopped_early = False
 
     def validation_loss(self, model: torch.nn.Module) -> float:
@@ -162,9 +168,37 @@ class ValidationCallback(TrainerCallback):
             return
         self._evaluate(state, kwargs["model"])
         status = early_stop_status(state.log_history, self.schedule.patience, self.schedule.min_delta)
+        if self.best_path is not None and status["best_step"] == state.global_step and state.is_world_process_zero:
+            save_best_weights(kwargs["model"], state.global_step, self.best_path)
         if status["stop"] and not last:
             self.stopped_early = True
             control.should_training_stop = True
+
+
+def save_best_weights(model: torch.nn.Module, step: int, path: Path) -> None:
+    """``model``'s weights at ``step`` as safetensors (tied tensors once), written to a temporary file and renamed."""
+    import os
+
+    from safetensors.torch import save_model
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_model(model, str(tmp), metadata={"step": str(int(step))})
+    os.replace(tmp, path)
+
+
+def load_best_weights(model: torch.nn.Module, path: Path, best_step: int | None) -> int | None:
+    """Load ``path`` into ``model`` when it holds ``best_step``'s weights; returns the step loaded (None: kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    if best_step is None or not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        step = int((f.metadata() or {}).get("step", -1))
+    if step != best_step:
+        return None
+    load_model(model, str(path))
+    return step
 
 
 def write_schedule_plot(log_history: Sequence[Mapping[str, Any]], schedule_info: Mapping[str, Any],
