@@ -61,6 +61,21 @@ def test_split_validation_is_seeded_and_disjoint() -> None:
     assert len(split_validation(list(range(100_000)), SftSchedule(), seed=0)[1]) == 500  # val_max_sessions
 
 
+def test_grouped_split_never_trains_on_a_held_out_prompt() -> None:
+    rows = [(f"prompt {i % 150}", i) for i in range(400)]  # 150 prompts, each 2 or 3 times
+    train, val = split_validation(rows, SftSchedule(), seed=0, group=lambda r: r[0])
+    assert 8 <= len(val) <= 20 and sorted(train + val) == sorted(rows)
+    assert not {p for p, _ in train} & {p for p, _ in val}
+    assert split_validation(rows, SftSchedule(), seed=0, group=lambda r: r[0]) == (train, val)
+    # ungrouped, the same rows put most held-out prompts in training as well
+    train_rows, val_plain = split_validation(rows, SftSchedule(), seed=0)
+    train_plain = {p for p, _ in train_rows}
+    assert sum(p in train_plain for p, _ in val_plain) > len(val_plain) // 2
+    # one prompt everywhere: nothing can be held out without training on it
+    assert split_validation([("same", i) for i in range(400)], SftSchedule(), seed=0,
+                            group=lambda r: r[0])[1] == []
+
+
 def test_early_stop_status_from_the_log() -> None:
     log: list[dict[str, Any]] = [{"step": 10, "loss": 3.0}, {"step": 10, "eval_loss": 2.0},
                                  {"step": 20, "eval_loss": 1.5}, {"step": 30, "eval_loss": 1.4995},

@@ -6,9 +6,10 @@ Command: ``radgr experiment tune --samples DIR --index DIR --sft RUN_DIR/final -
 Contract
 --------
 - The validation sessions are the ones SFT holds out by default (``training.sft_schedule.split_validation`` with
-  the default :class:`SftSchedule` and seed 0 over ``train.parquet``), so neither SFT nor the tuned alignment ever
-  trained on them and ``test.parquet`` is never read. :func:`validation_samples` writes ``OUT/val_samples/``:
-  ``train.parquet`` (the other training sessions) and ``test.parquet`` (the validation sessions), atomically.
+  the default :class:`SftSchedule`, seed 0 and prompts grouped, over ``train.parquet``), so neither SFT nor the
+  tuned alignment ever trained on them (nor on their prompts) and ``test.parquet`` is never read.
+  :func:`validation_samples` writes ``OUT/val_samples/``: ``train.parquet`` (the other training sessions) and
+  ``test.parquet`` (the validation sessions), atomically.
 - The grid (:func:`trials`): for each method, every learning rate × steps × loss setting of :data:`LOSS_GRID`
   (DPO's β, SimPO's and RAD-DPO's γ at β = 2, ORPO's λ), each trained from the SFT checkpoint under the paper
   table's default preset otherwise (batch 8, seed 0) and evaluated on the validation sessions (beam 128).
@@ -90,7 +91,8 @@ def validation_samples(samples_dir: Path, out_dir: Path) -> Path:
     from training.sft_schedule import SftSchedule, split_validation
 
     target = out_dir / "val_samples"
-    train, val = split_validation(read_samples(samples_dir / "train.parquet"), SftSchedule(), 0)
+    train, val = split_validation(read_samples(samples_dir / "train.parquet"), SftSchedule(), 0,
+                                  group=lambda s: s.prompt)
     if not val:
         raise ValueError(f"{samples_dir / 'train.parquet'} is too small to hold out validation sessions")
     target.mkdir(parents=True, exist_ok=True)

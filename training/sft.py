@@ -252,7 +252,8 @@ def run_sft(cfg: SftConfig) -> Path:
     train_path = cfg.samples_dir / "train.parquet"
     if not train_path.is_file():
         raise ValueError(f"samples file {train_path} does not exist")
-    train_rows, val_rows = split_validation(read_samples(train_path), cfg.schedule, cfg.train.seed)
+    train_rows, val_rows = split_validation(read_samples(train_path), cfg.schedule, cfg.train.seed,
+                                           group=lambda s: s.prompt)
     pairs, val_pairs = sft_pairs(train_rows), sft_pairs(val_rows)
     if cfg.limit is not None:
         pairs = SftPairs(pairs.prompts[: cfg.limit], pairs.codes[: cfg.limit], pairs.num_sessions)
