@@ -61,7 +61,7 @@ def test_split_validation_is_seeded_and_disjoint() -> None:
     assert len(split_validation(list(range(100_000)), SftSchedule(), seed=0)[1]) == 500  # val_max_sessions
 
 
-def test_grouped_split_never_trains_on_a_held_out_prompt() -> None:
+def test_grouped_split_never_trains_on_a_held_out_prompt(caplog: pytest.LogCaptureFixture) -> None:
     rows = [(f"prompt {i % 150}", i) for i in range(400)]  # 150 prompts, each 2 or 3 times
     train, val = split_validation(rows, SftSchedule(), seed=0, group=lambda r: r[0])
     assert 8 <= len(val) <= 20 and sorted(train + val) == sorted(rows)
@@ -71,9 +71,11 @@ def test_grouped_split_never_trains_on_a_held_out_prompt() -> None:
     train_rows, val_plain = split_validation(rows, SftSchedule(), seed=0)
     train_plain = {p for p, _ in train_rows}
     assert sum(p in train_plain for p, _ in val_plain) > len(val_plain) // 2
-    # one prompt everywhere: nothing can be held out without training on it
-    assert split_validation([("same", i) for i in range(400)], SftSchedule(), seed=0,
-                            group=lambda r: r[0])[1] == []
+    # three prompts everywhere: whole prompts cannot be held out, so sessions are drawn one by one (warned)
+    few = [("abc"[i % 3], i) for i in range(400)]
+    with caplog.at_level("WARNING", logger="training.sft_schedule"):
+        grouped = split_validation(few, SftSchedule(), seed=0, group=lambda r: r[0])
+    assert grouped == split_validation(few, SftSchedule(), seed=0) and "one by one" in caplog.text
 
 
 def test_early_stop_status_from_the_log() -> None:

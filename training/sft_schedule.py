@@ -24,6 +24,7 @@ Contract (docs/training.md, "How long SFT trains"):
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -39,6 +40,7 @@ from sid_index.atomic_files import save_figure_atomic
 EVAL_KEY = "eval_loss"
 SCHEDULE_PLOT_FILE = "schedule.png"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def split_validation(samples: Sequence[Any], schedule: SftSchedule, seed: int,
     a seeded order, skipping any that would overshoot the size): SFT and the tune group by prompt, so no held-out
     prompt is ever trained on. Real logs repeat prompts (on the shipped Amazon data with expanded histories, 54 %
     of randomly held-out (history, next item) pairs also occur in training), and a validation set that is half
-    memorised rewards memorising.
+    memorised rewards memorising. When whole groups cannot make ``val_min_sessions`` (a handful of prompts
+    repeated everywhere), it warns and draws sessions one by one instead.
     """
     n = len(samples)
     n_val = min(round(schedule.val_fraction * n), schedule.val_max_sessions)
@@ -107,7 +110,10 @@ def split_validation(samples: Sequence[Any], schedule: SftSchedule, seed: int,
             if len(held) == n_val:
                 break
         if len(held) < schedule.val_min_sessions or len(held) == n:
-            return list(samples), []
+            logger.warning("prompts repeat too much to hold out whole prompts (%d distinct over %d sessions): "
+                           "validation sessions are drawn one by one, so some share a prompt with training",
+                           len(keys), n)
+            return split_validation(samples, schedule, seed)
     return ([s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held])
 
 
