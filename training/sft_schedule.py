@@ -109,7 +109,7 @@ def split_validation(samples: Sequence[Any], schedule: SftSchedule, seed: int,
                 held.update(members[k])
             if len(held) == n_val:
                 break
-        if len(held) < schedule.val_min_sessions or len(held) == n:
+        if len(held) < schedule.val_min_sessions:
             logger.warning("prompts repeat too much to hold out whole prompts (%d distinct over %d sessions): "
                            "validation sessions are drawn one by one, so some share a prompt with training",
                            len(keys), n)
